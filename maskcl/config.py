@@ -1,0 +1,255 @@
+"""Typed configuration built from ``params.yaml`` (or Sacred's config dict).
+
+The tree mirrors ``params.yaml``: the knobs users sweep with ``dvc exp run -S`` (``seed``,
+``method``, ``eps``, ``eps_gap``, ``k1``, ``k2``, ``min_samples``) sit at the top level; the rest
+is grouped. :meth:`Config.from_dict` rejects unknown keys, casts ints written for float keys
+(``-S eps=1`` writes an int) and validates ranges, naming the offending key in the error.
+Defaults are the authors' code defaults (method.md); the small synthetic run overrides them in
+``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from maskcl.errors import ConfigError
+
+METHODS = ("maskcl", "rgb")
+MASK_SOURCES = ("ground_truth", "import", "schp")
+MASK_MODES = ("silhouette", "no_clothes", "parsing_grey")
+LABEL_SETS = ("lip", "atr", "pascal")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "synthetic"  # registry key: synthetic, ltcc, prcc, vcclothes, celebreid, ...
+    root: str = "generated/synthetic/LTCC_ReID"  # folder holding the dataset as its authors ship it
+    mask_root: str = "generated/masks"  # silhouettes mirror the image tree under this folder
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic clothes-changing dataset (DESIGN §5); ``seed`` is its own, not training's."""
+
+    identities: int = 60  # split evenly between train and test
+    outfits: int = 3  # outfits per identity
+    cameras: int = 4
+    images_per: int = 2  # images per (identity, outfit, camera)
+    height: int = 128
+    width: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    source: str = "ground_truth"  # ground_truth (synthetic parsing), import (SCHP PNGs), schp
+    mode: str = "silhouette"  # silhouette | no_clothes | parsing_grey (the authors' grey levels)
+    label_set: str = "lip"  # lip | atr | pascal: the parsing maps' label ids
+    parsing_dir: str = ""  # source=import/ground_truth: folder of parsing PNGs mirroring the images
+    checkpoint: str = ""  # source=schp: path to an official SCHP .pth
+    flip: bool = False  # SCHP flip test
+    batch_size: int = 8
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    pretrained: str = "imagenet"  # imagenet | none | path to a torchvision state dict
+    last_stride: int = 1
+    fusion: bool = True  # ablation: without the fusion head/memory when false
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    iters: int = 400  # iterations per epoch (run_code.sh uses 200 for LTCC, VC-Clothes, Celeb-light)
+    batch_size: int = 64
+    num_instances: int = 4  # K images per pseudo-identity in a batch
+    height: int = 256
+    width: int = 128
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20  # StepLR
+    gamma: float = 0.1
+    temp: float = 0.05  # τ of the memory softmax
+    momentum: float = 0.2  # memory slot update m ← 0.2·m + 0.8·x
+    focal_gamma: float = 4.0
+    allknn: int = 10  # neighbour-cluster curriculum ceiling (LTCC 10, PRCC 5, VC 3, Celeb 10)
+    neighbour_loss: bool = True  # ablation switch
+    cross_view: bool = True  # ablation switch: RGB ↔ mask instance and prototype terms
+    paired_aug: bool = False  # quirk: the authors augment image and mask independently
+    mask_memory_grey: bool = False  # quirk: the authors initialise the mask memory without Grayscale
+    eval_step: int = 5
+    workers: int = 4
+    amp: bool = False  # bf16 autocast on GPU
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    refine: bool = True  # the authors' --cr cluster refinement (on in every published run)
+    ratio_cluster: float = 1.0
+    knn: str = "exact"  # exact | approx (PCA-reduced candidates re-ranked exactly)
+    backend: str = "auto"  # auto | faiss | torch
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 128
+    prcc_trials: int = 10  # single-shot PRCC draws averaged (MaskCL code)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 111
+    method: str = "maskcl"  # maskcl | rgb (the RGB-only baseline, same engine)
+    eps: float = 0.6
+    eps_gap: float = 0.02
+    k1: int = 30
+    k2: int = 6
+    min_samples: int = 4
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
+        config = _build(cls, data, prefix="", source=source)
+        validate(config, source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file '{path}' does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping at the top, found {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with dotted-key overrides, validated: ``cfg.replace(**{"train.epochs": 2})``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return Config.from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, found {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}'; expected one of: {', '.join(sorted(names))}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, prefix + name, source)
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key + ".", source)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        raise TypeError(f"unsupported union for {key}")  # pragma: no cover - the tree has none
+    expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[kind]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # `dvc exp run -S eps=1` writes an int
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be {expected} (true/false), found {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{source}: '{key}' must be {expected}, found {value!r}")
+    if kind is str and value is None:
+        return ""
+    if not isinstance(value, kind):
+        raise ConfigError(f"{source}: '{key}' must be {expected}, found {value!r}")
+    return value
+
+
+def _require(condition: bool, source: str, key: str, found: Any, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"{source}: '{key}' is {found!r}; expected {expected}")
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Range checks that types cannot express; each names the key and the valid range."""
+    r = _require
+    r(cfg.method in METHODS, source, "method", cfg.method, f"one of {', '.join(METHODS)}")
+    r(cfg.eps > 0, source, "eps", cfg.eps, "a number > 0")
+    r(0 <= cfg.eps_gap < cfg.eps, source, "eps_gap", cfg.eps_gap, f"0 <= eps_gap < eps ({cfg.eps})")
+    r(cfg.k1 >= 1, source, "k1", cfg.k1, "an integer >= 1")
+    r(1 <= cfg.k2 <= cfg.k1, source, "k2", cfg.k2, f"1 <= k2 <= k1 ({cfg.k1})")
+    r(cfg.min_samples >= 1, source, "min_samples", cfg.min_samples, "an integer >= 1")
+    s = cfg.synth
+    r(s.identities >= 4 and s.identities % 2 == 0, source, "synth.identities", s.identities, "an even integer >= 4")
+    r(s.outfits >= 1, source, "synth.outfits", s.outfits, "an integer >= 1")
+    r(s.cameras >= 2, source, "synth.cameras", s.cameras, "an integer >= 2")
+    r(s.images_per >= 1, source, "synth.images_per", s.images_per, "an integer >= 1")
+    r(s.height >= 32 and s.width >= 16, source, "synth.height/width", (s.height, s.width), "at least 32×16")
+    m = cfg.masks
+    r(m.source in MASK_SOURCES, source, "masks.source", m.source, f"one of {', '.join(MASK_SOURCES)}")
+    r(m.mode in MASK_MODES, source, "masks.mode", m.mode, f"one of {', '.join(MASK_MODES)}")
+    r(m.label_set in LABEL_SETS, source, "masks.label_set", m.label_set, f"one of {', '.join(LABEL_SETS)}")
+    r(m.batch_size >= 1, source, "masks.batch_size", m.batch_size, "an integer >= 1")
+    r(m.device in DEVICES, source, "masks.device", m.device, f"one of {', '.join(DEVICES)}")
+    mo = cfg.model
+    r(mo.arch in ("resnet18", "resnet34", "resnet50"), source, "model.arch", mo.arch, "resnet18, resnet34 or resnet50")
+    r(mo.last_stride in (1, 2), source, "model.last_stride", mo.last_stride, "1 or 2")
+    t = cfg.train
+    r(t.epochs >= 1, source, "train.epochs", t.epochs, "an integer >= 1")
+    r(t.iters >= 1, source, "train.iters", t.iters, "an integer >= 1")
+    r(t.num_instances >= 1, source, "train.num_instances", t.num_instances, "an integer >= 1")
+    r(
+        t.batch_size >= t.num_instances and t.batch_size % t.num_instances == 0,
+        source,
+        "train.batch_size",
+        t.batch_size,
+        f"a multiple of train.num_instances ({t.num_instances})",
+    )
+    r(t.height >= 32 and t.width >= 16, source, "train.height/width", (t.height, t.width), "at least 32×16")
+    r(t.lr > 0, source, "train.lr", t.lr, "a number > 0")
+    r(t.weight_decay >= 0, source, "train.weight_decay", t.weight_decay, "a number >= 0")
+    r(t.step_size >= 1, source, "train.step_size", t.step_size, "an integer >= 1")
+    r(0 < t.gamma <= 1, source, "train.gamma", t.gamma, "0 < gamma <= 1")
+    r(t.temp > 0, source, "train.temp", t.temp, "a number > 0")
+    r(0 <= t.momentum < 1, source, "train.momentum", t.momentum, "0 <= momentum < 1")
+    r(t.focal_gamma >= 0, source, "train.focal_gamma", t.focal_gamma, "a number >= 0")
+    r(t.allknn >= 0, source, "train.allknn", t.allknn, "an integer >= 0")
+    r(t.eval_step >= 1, source, "train.eval_step", t.eval_step, "an integer >= 1")
+    r(t.workers >= 0, source, "train.workers", t.workers, "an integer >= 0")
+    r(t.device in DEVICES, source, "train.device", t.device, f"one of {', '.join(DEVICES)}")
+    c = cfg.cluster
+    r(c.ratio_cluster > 0, source, "cluster.ratio_cluster", c.ratio_cluster, "a number > 0")
+    r(c.knn in ("exact", "approx"), source, "cluster.knn", c.knn, "exact or approx")
+    r(c.backend in ("auto", "faiss", "torch"), source, "cluster.backend", c.backend, "auto, faiss or torch")
+    e = cfg.eval
+    r(e.batch_size >= 1, source, "eval.batch_size", e.batch_size, "an integer >= 1")
+    r(e.prcc_trials >= 1, source, "eval.prcc_trials", e.prcc_trials, "an integer >= 1")

@@ -1,0 +1,51 @@
+"""Project exceptions.
+
+Every error a user can cause (a malformed dataset, a bad params.yaml value, a checkpoint from
+another architecture …) is raised as a :class:`MaskclError` whose message names *where* the
+problem is (file, key), *what* was found and *what* was expected. The CLI prints the message on
+one line and exits non-zero; a traceback is reserved for bugs in this project.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MaskclError(Exception):
+    """Base class of every error this project raises for bad input or a lost resource."""
+
+    exit_code: int = 2
+
+
+class ConfigError(MaskclError):
+    """A configuration key is unknown, of the wrong type or out of range."""
+
+
+class DatasetError(MaskclError):
+    """A dataset folder, file name or split does not follow the dataset's documented form."""
+
+
+class MaskError(MaskclError):
+    """A silhouette mask is missing, unreadable or of the wrong size."""
+
+
+class CheckpointError(MaskclError):
+    """A checkpoint is missing, corrupt, unsafe to load or from another architecture."""
+
+
+class ClusteringError(MaskclError):
+    """Pseudo-labelling produced something training cannot use (e.g. no cluster at all)."""
+
+
+class TrainingError(MaskclError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the last good checkpoint."""
+
+
+class OutputExistsError(MaskclError):
+    """An output folder already holds files and ``--force`` was not given."""
+
+
+def where(path: str | Path, detail: str = "") -> str:
+    """Format a location for an error message: ``'<path>'`` or ``'<path>' (detail)``."""
+    text = f"'{path}'"
+    return f"{text} ({detail})" if detail else text
