@@ -1,0 +1,279 @@
+"""Retrieval pictures: a query, then its top-k gallery images framed green (same identity) or red.
+
+Features file format (``.npz``, written by :func:`save_features` — the evaluate step can call it;
+every array is plain numpy, so ``np.load`` needs no ``allow_pickle``)::
+
+    query_feats     float32 [Nq, D]   features of the query images (L2-normalised or not)
+    gallery_feats   float32 [Ng, D]
+    query_paths     str     [Nq]      image paths (absolute, or relative to ``root``)
+    gallery_paths   str     [Ng]
+    query_pids      int64   [Nq]      identity labels
+    gallery_pids    int64   [Ng]
+    query_camids    int64   [Nq]
+    gallery_camids  int64   [Ng]
+    query_clothes   int64   [Nq]      clothes ids (dataset-wide; -1 when unknown)
+    gallery_clothes int64   [Ng]
+    root            str     []        optional: folder relative paths are resolved against
+    format          str     []        "maskcl-features-v1"
+
+Ranking: squared Euclidean distance of L2-normalised features (= 2 − 2·cosine), the evaluator's
+ranking. Gallery images excluded from a query's list follow the protocol rule: ``standard``
+drops the query's identity seen by the query's camera; ``cc`` also drops the query's identity in
+the query's clothes; ``none`` drops nothing. This module never imports the engine or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from maskcl.report.records import ReportError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "maskcl-features-v1"
+EXCLUDE_RULES = ("standard", "cc", "none")
+TILE_W, TILE_H = 64, 128
+GREEN, RED, BLUE = "#1a9e3a", "#d62728", "#1f5fbf"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the retrieval picture (what a ``maskcl.data.records.Record`` also carries)."""
+
+    path: Path
+    pid: int
+    camid: int
+    clothes_id: int
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    query_feats: np.ndarray  # [Nq, D]
+    gallery_feats: np.ndarray  # [Ng, D]
+    query: list[Item]
+    gallery: list[Item]
+
+
+def save_features(
+    path: str | Path,
+    query_feats: Any,
+    gallery_feats: Any,
+    query_records: Sequence[Any],
+    gallery_records: Sequence[Any],
+    root: str | Path | None = None,
+) -> Path:
+    """Write the ``.npz`` above from features and records with ``path, pid, camid, clothes_id``.
+
+    ``query_feats``/``gallery_feats`` may be numpy arrays or CPU tensors (``np.asarray`` is used).
+    """
+    query_feats = np.asarray(query_feats, dtype=np.float32)
+    gallery_feats = np.asarray(gallery_feats, dtype=np.float32)
+    if len(query_feats) != len(query_records) or len(gallery_feats) != len(gallery_records):
+        raise ReportError(
+            f"features file '{path}': {len(query_feats)} query features for {len(query_records)} records, "
+            f"{len(gallery_feats)} gallery features for {len(gallery_records)} records (expected equal counts)"
+        )
+    root_text = "" if root is None else str(root)
+
+    def rel(p: Any) -> str:
+        p = Path(p)
+        if root is not None:
+            try:
+                return str(p.relative_to(root))
+            except ValueError:
+                pass
+        return str(p)
+
+    arrays = {"query_feats": query_feats, "gallery_feats": gallery_feats}
+    for prefix, records in (("query", query_records), ("gallery", gallery_records)):
+        arrays[f"{prefix}_paths"] = np.array([rel(r.path) for r in records], dtype=str)
+        arrays[f"{prefix}_pids"] = np.array([int(r.pid) for r in records], dtype=np.int64)
+        arrays[f"{prefix}_camids"] = np.array([int(r.camid) for r in records], dtype=np.int64)
+        arrays[f"{prefix}_clothes"] = np.array([int(getattr(r, "clothes_id", -1)) for r in records], dtype=np.int64)
+    arrays["root"] = np.array(root_text)
+    arrays["format"] = np.array(FORMAT)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:  # a file handle keeps numpy from appending ".npz"
+        np.savez(handle, **arrays)
+    return path
+
+
+def load_features(path: str | Path, root: str | Path | None = None) -> FeatureSet:
+    """Read a features ``.npz``; relative image paths resolve against ``root`` (or the file's own)."""
+    path = Path(path)
+    required = [f"{p}_{k}" for p in ("query", "gallery") for k in ("feats", "paths", "pids", "camids", "clothes")]
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ReportError(f"features file '{path}' does not exist") from None
+    except (ValueError, OSError) as exc:
+        raise ReportError(f"features file '{path}' is not a readable .npz: {exc}") from None
+    with data:
+        missing = [k for k in required if k not in data.files]
+        if missing:
+            raise ReportError(f"features file '{path}': missing array(s) {missing}; expected {required} (format {FORMAT})")
+        stored_root = str(data["root"]) if "root" in data.files else ""
+        base = Path(root) if root is not None else (Path(stored_root) if stored_root else path.parent)
+        sets = {}
+        for prefix in ("query", "gallery"):
+            feats = np.asarray(data[f"{prefix}_feats"], dtype=np.float32)
+            columns = [data[f"{prefix}_{k}"] for k in ("paths", "pids", "camids", "clothes")]
+            if feats.ndim != 2 or any(len(c) != len(feats) for c in columns):
+                raise ReportError(
+                    f"features file '{path}': {prefix} arrays disagree: feats {feats.shape}, "
+                    f"paths/pids/camids/clothes lengths {[len(c) for c in columns]} (expected [N, D] and N each)"
+                )
+            items = [
+                Item(path=base / str(p) if not Path(str(p)).is_absolute() else Path(str(p)), pid=int(pid), camid=int(cam), clothes_id=int(clo))
+                for p, pid, cam, clo in zip(*columns)
+            ]
+            sets[prefix] = (feats, items)
+    if sets["query"][0].shape[1] != sets["gallery"][0].shape[1]:
+        raise ReportError(f"features file '{path}': query dim {sets['query'][0].shape[1]} != gallery dim {sets['gallery'][0].shape[1]}")
+    return FeatureSet(sets["query"][0], sets["gallery"][0], sets["query"][1], sets["gallery"][1])
+
+
+def distance_matrix(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance of L2-normalised features: ``dist [Nq, Ng] = 2 − 2·q·gᵀ``."""
+    q = query_feats / np.maximum(np.linalg.norm(query_feats, axis=1, keepdims=True), 1e-12)
+    g = gallery_feats / np.maximum(np.linalg.norm(gallery_feats, axis=1, keepdims=True), 1e-12)
+    return np.clip(2.0 - 2.0 * (q @ g.T), 0.0, 4.0)
+
+
+def ranked_gallery(dist_row: np.ndarray, query: Item, gallery: Sequence[Item], topk: int, exclude: str) -> list[int]:
+    """Indices of the ``topk`` nearest gallery items after the protocol's exclusions (stable order)."""
+    if exclude not in EXCLUDE_RULES:
+        raise ReportError(f"exclude rule '{exclude}', expected one of {EXCLUDE_RULES}")
+    order = np.argsort(dist_row, kind="stable")
+    kept = []
+    for index in order:
+        item = gallery[int(index)]
+        same_pid = item.pid == query.pid
+        if exclude != "none" and same_pid and item.camid == query.camid:
+            continue
+        if exclude == "cc" and same_pid and item.clothes_id == query.clothes_id:
+            continue
+        kept.append(int(index))
+        if len(kept) == topk:
+            break
+    return kept
+
+
+def _tile(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            tile = image.convert("RGB").resize((TILE_W, TILE_H))
+            return np.asarray(tile)
+    except (FileNotFoundError, OSError):
+        log.warning("image '%s' not found or unreadable: drawn as a grey tile", path)
+        return np.full((TILE_H, TILE_W, 3), 160, dtype=np.uint8)
+
+
+def retrieval_figure(
+    query: Sequence[Item],
+    gallery: Sequence[Item],
+    dist: np.ndarray,
+    query_indices: Sequence[int],
+    *,
+    topk: int = 10,
+    exclude: str = "standard",
+):
+    """The figure (a matplotlib ``Figure`` on an Agg canvas): one row per chosen query.
+
+    Args:
+        query, gallery: the items, in the row/column order of ``dist``.
+        dist: ``[Nq, Ng]`` distances (smaller = more similar).
+        query_indices: rows of ``dist`` to draw.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dist = np.asarray(dist)
+    if dist.shape != (len(query), len(gallery)):
+        raise ReportError(f"distance matrix shape {dist.shape}, expected ({len(query)}, {len(gallery)}) = (queries, gallery)")
+    bad = [i for i in query_indices if not 0 <= i < len(query)]
+    if bad:
+        raise ReportError(f"query index/indices {bad} out of range 0..{len(query) - 1}")
+    rows = len(query_indices)
+    cols = min(topk, len(gallery)) + 1
+    fig = Figure(figsize=(0.9 * cols + 0.3, 2.05 * rows + 0.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, qi in enumerate(query_indices):
+        q = query[qi]
+        ranked = ranked_gallery(dist[qi], q, gallery, topk, exclude)
+        entries = [(q, BLUE, f"query {qi}\nid {q.pid} cl {q.clothes_id}")]
+        for rank, gi in enumerate(ranked, start=1):
+            g = gallery[gi]
+            color = GREEN if g.pid == q.pid else RED
+            entries.append((g, color, f"#{rank} cl {g.clothes_id}\nid {g.pid}"))
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(entries):
+                ax.axis("off")
+                continue
+            item, color, text = entries[c]
+            ax.imshow(_tile(item.path))
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(4)
+            ax.set_xlabel(text, fontsize=7, color=color if c else "black")
+    return fig
+
+
+def save_retrieval_figure(
+    features: FeatureSet,
+    query_indices: Sequence[int],
+    out: str | Path,
+    *,
+    topk: int = 10,
+    exclude: str = "standard",
+) -> Path:
+    """Rank the gallery for the chosen queries and write the picture to ``out`` (PNG)."""
+    dist = distance_matrix(features.query_feats[list(query_indices)], features.gallery_feats)
+    # retrieval_figure indexes dist by query row: give it the chosen rows only
+    chosen = [features.query[i] for i in query_indices]
+    fig = retrieval_figure(chosen, features.gallery, dist, list(range(len(chosen))), topk=topk, exclude=exclude)
+    # label rows with the real query indices
+    cols = min(topk, len(features.gallery)) + 1
+    for r, qi in enumerate(query_indices):
+        q = features.query[qi]
+        fig.axes[r * cols].set_xlabel(f"query {qi}\nid {q.pid} cl {q.clothes_id}", fontsize=7)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    log.info("wrote %s", out)
+    return out
+
+
+def choose_queries(spec: str, n_queries: int, seed: int = 0) -> list[int]:
+    """``"5"`` → 5 seeded random distinct query indices; ``"3,17,42"`` → those indices."""
+    spec = spec.strip()
+    if "," in spec or spec.startswith("="):
+        try:
+            indices = [int(x) for x in spec.lstrip("=").split(",") if x.strip()]
+        except ValueError:
+            raise ReportError(f"--queries '{spec}': expected N or comma-separated query indices") from None
+        bad = [i for i in indices if not 0 <= i < n_queries]
+        if bad:
+            raise ReportError(f"--queries: index/indices {bad} out of range 0..{n_queries - 1}")
+        return indices
+    try:
+        count = int(spec)
+    except ValueError:
+        raise ReportError(f"--queries '{spec}': expected N or comma-separated query indices") from None
+    if count < 1:
+        raise ReportError(f"--queries {count}: expected at least 1")
+    rng = np.random.default_rng(seed)
+    count = min(count, n_queries)
+    return sorted(int(i) for i in rng.choice(n_queries, size=count, replace=False))
