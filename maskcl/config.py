@@ -56,6 +56,8 @@ class MasksConfig:
     parsing_dir: str = ""  # source=import/ground_truth: folder of parsing PNGs mirroring the images
     checkpoint: str = ""  # source=schp: path to an official SCHP .pth
     flip: bool = False  # SCHP flip test
+    atr_bag: bool = True  # ATR label set: Bag counts as person in the silhouette
+    drop_accessories: bool = False  # no_clothes: also remove hats, shoes, scarves, gloves
     batch_size: int = 8
     device: str = "auto"
 

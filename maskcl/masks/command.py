@@ -28,6 +28,8 @@ OVERRIDES = {
     "flip": "flip",
     "batch_size": "batch_size",
     "device": "device",
+    "atr_bag": "atr_bag",
+    "drop_accessories": "drop_accessories",
 }
 
 
@@ -76,9 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--splits", default="train,query,gallery", help="comma-separated splits to mask (MaskCL reads train masks only)"
     )
-    parser.add_argument("--no-atr-bag", dest="atr_bag", action="store_false", help="ATR: Bag is not person")
     parser.add_argument(
-        "--drop-accessories", action="store_true", help="no_clothes: also remove hats, shoes, scarves, gloves …"
+        "--atr-bag", dest="atr_bag", action=argparse.BooleanOptionalAction, default=None, help="ATR: Bag counts as person"
+    )
+    parser.add_argument(
+        "--drop-accessories",
+        dest="drop_accessories",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="no_clothes: also remove hats, shoes, scarves, gloves …",
     )
     parser.add_argument("--parsing-out", type=Path, default=None, help="source schp: also keep SCHP parsing PNGs here")
     parser.add_argument("--force", action="store_true", help="remake masks that already exist")
@@ -99,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
         config,
         force=args.force,
         splits=splits,
-        atr_bag=args.atr_bag,
-        drop_accessories=args.drop_accessories,
+        atr_bag=config.masks.atr_bag,
+        drop_accessories=config.masks.drop_accessories,
         parsing_out=args.parsing_out,
         progress=not args.no_progress,
     )
