@@ -1,0 +1,253 @@
+"""What the train and evaluate experiments share: the logger adapter, provenance, result files.
+
+Rules that keep Sacred records readable by MongoDB and by the report (anchors §2.6): every value
+handed to Sacred is a plain ``float``/``int``/``str`` (torch tensors are not converted by Sacred),
+and no dict key holds a ``.`` or starts with ``$`` (MongoDB rewrites those).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiments.observers import MaskclMongoObserver, file_store_key
+
+log = logging.getLogger(__name__)
+
+RUN_MARKER = "sacred_run.json"  # written by the train experiment next to last.pt: which run trained it
+DVC_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "DVC_ROOT")
+SYNTH_STAGE_OUT = "generated/synthetic"
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON/BSON-safe copy: tensors and numpy scalars → Python numbers, keys without dots."""
+    if isinstance(value, Mapping):
+        return {safe_key(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "item") and callable(value.item):  # torch.Tensor / numpy scalar of one element
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def safe_key(key: Any) -> str:
+    """A MongoDB-safe dict key: ``.`` → ``_``, a leading ``$`` → ``_``."""
+    text = str(key).replace(".", "_")
+    return "_" + text[1:] if text.startswith("$") else text
+
+
+def number(value: Any) -> float | int:
+    """``float`` for measurements, ``int`` kept for counts (``n_queries``)."""
+    value = plain_value(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    return float(value)
+
+
+def plain_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """``{protocol: {metric: number}}`` with plain numbers (what evaluate_features returns)."""
+    return {safe_key(p): {safe_key(k): number(v) for k, v in values.items()} for p, values in metrics.items()}
+
+
+class SacredRunLogger:
+    """The engine's ``RunLogger`` (``log_scalar``/``log_info``) writing to a Sacred run.
+
+    It also keeps every scalar by step, so the stage can write its per-epoch CSV for DVC plots
+    without asking the engine for a history format. Only the main process calls it; DataLoader
+    workers never see ``_run``.
+    """
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def log_scalar(self, name: str, value: Any, step: int) -> None:
+        value, step = float(plain_value(value)), int(step)
+        self.run.log_scalar(str(name), value, step)
+        self.rows.setdefault(step, {})[str(name)] = value
+
+    def log_info(self, key: str, value: Any) -> None:
+        self.run.info[safe_key(key)] = plain_value(value)
+
+
+def git_info(root: Path) -> dict[str, Any]:
+    """Commit and dirty flag (untracked files ignored, like Sacred); empty values outside git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "--quiet", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit or "", "dirty": bool(status) if status is not None else None}
+
+
+def data_hashes(root: Path) -> dict[str, Any]:
+    """The DVC hashes of the inputs: ``data.dvc`` (user datasets) and the synthetic stage's output
+    recorded in ``dvc.lock`` (absent before the first ``dvc repro``)."""
+    hashes: dict[str, Any] = {}
+    try:
+        data_dvc = yaml.safe_load((root / "data.dvc").read_text()) or {}
+        out = (data_dvc.get("outs") or [{}])[0]
+        hashes["data_dvc"] = {"md5": out.get("md5"), "size": out.get("size"), "nfiles": out.get("nfiles")}
+    except (OSError, yaml.YAMLError, AttributeError, IndexError):
+        pass
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+        for out in lock.get("stages", {}).get("data", {}).get("outs", []) or []:
+            if out.get("path") == SYNTH_STAGE_OUT:
+                hashes["synthetic"] = {"md5": out.get("md5"), "size": out.get("size"), "nfiles": out.get("nfiles")}
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    return hashes
+
+
+def dvc_env() -> dict[str, str]:
+    """The variables DVC sets for a stage (``dvc exp run`` names the experiment and its baseline)."""
+    return {name: os.environ[name] for name in DVC_ENV if name in os.environ}
+
+
+def device_info(requested: str) -> dict[str, Any]:
+    """The device asked for and, if the engine already imported torch, what is there."""
+    info: dict[str, Any] = {"requested": requested, "platform": platform.platform()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cuda = bool(torch.cuda.is_available())
+        info["cuda_available"] = cuda
+        info["torch"] = str(torch.__version__)
+        if cuda:
+            info["cuda_device"] = str(torch.cuda.get_device_name(0))
+    return info
+
+
+def data_hash(hashes: dict[str, Any], dataset_name: str) -> str:
+    """The one hash a result is keyed by: the synthetic stage output or the ``data.dvc`` folder."""
+    key = "synthetic" if dataset_name == "synthetic" else "data_dvc"
+    return str((hashes.get(key) or {}).get("md5") or "")
+
+
+def device_name(details: dict[str, Any]) -> str:
+    """A short device string (the engine may overwrite it with the device it really used)."""
+    if details.get("cuda_available") and details.get("requested") != "cpu":
+        return f"cuda ({details.get('cuda_device', '?')})"
+    return "cpu" if "cuda_available" in details or details.get("requested") == "cpu" else details.get("requested", "")
+
+
+def provenance(root: Path, cfg: Any) -> dict[str, Any]:
+    """Everything ``_run.info`` records about where a run comes from.
+
+    Flat keys (``git_commit``, ``git_dirty``, ``data_hash``, ``device``, ``dvc_exp_name`` …) are
+    what the report reads; the ``*_details`` entries keep the rest.
+    """
+    git = git_info(root)
+    hashes = data_hashes(root)
+    device = device_info(cfg.train.device)
+    info: dict[str, Any] = {
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "data_hash": data_hash(hashes, cfg.dataset.name),
+        "data_hashes": hashes,
+        "dataset": cfg.dataset.name,
+        "dataset_details": {"root": cfg.dataset.root, "mask_root": cfg.dataset.mask_root},
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "device": device_name(device),
+        "device_details": device,
+        "command_line": " ".join(sys.argv),
+    }
+    info.update({name.lower(): value for name, value in dvc_env().items()})
+    return info
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic write (a killed stage never leaves half a metrics file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(plain_value(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], first: str = "epoch") -> None:
+    """Rows → CSV with ``first`` as the first column and the other columns sorted; missing cells empty."""
+    columns = sorted({key for row in rows for key in row} - {first})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[first, *columns], restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """md5 (DVC's hash) and size of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "md5": digest.hexdigest(), "size": path.stat().st_size}
+
+
+def dvc_name(metric: str) -> str:
+    """Sacred's dotted metric name → the DVC column name (``test.cc.mAP`` → ``test_cc_mAP``)."""
+    return metric.replace(".", "_")
+
+
+class Timer:
+    """Wall-clock timings for ``info["timings"]``: ``with timer.section("fit"): ...``."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def section(self, name: str) -> "_Section":
+        return _Section(self, name)
+
+
+class _Section:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timer.timings[f"{self.name}_s"] = round(time.perf_counter() - self.start, 3)
+
+
+def run_identity(run: Any) -> dict[str, Any]:
+    """Which store records this run: the file-store key (sync uses it) and the MongoDB id."""
+    run_id = int(run._id) if str(run._id).isdigit() else run._id  # the file store's ids are "1", "2" …
+    identity: dict[str, Any] = {"sacred_run_id": run_id}
+    for observer in run.observers:
+        if isinstance(observer, MaskclMongoObserver) and observer.run_entry:
+            identity["mongo_run_id"] = observer.run_entry.get("_id")
+        elif hasattr(observer, "basedir") and run._id is not None:
+            identity.update(file_store_key(observer.basedir, run._id, run.host_info.get("hostname")))
+    return identity

@@ -1,0 +1,143 @@
+"""The Sacred side of the configuration: defaults, overrides, and the boundary to ``maskcl``.
+
+The Sacred config of every experiment is ``maskcl.config.Config().to_dict()`` — the library's
+documented defaults (one comment per key in ``maskcl/config.py``) — plus a small ``io`` group of
+paths that belongs to the experiment, not to the method. Values are overridden the Sacred way::
+
+    python -m experiments.train with params.yaml             # the pipeline's values (DVC stage)
+    python -m experiments.train with params.yaml eps=0.55 train.epochs=2
+    python -m experiments.train print_config with params.yaml
+
+Sacred checks the keys (a misspelt key in params.yaml is a ``ConfigAddedError``) but not the
+types (``dvc exp run -S eps=1`` writes an int), and hands the main function ``ReadOnlyDict`` s
+that do not pickle into DataLoader workers (IDSIA/sacred#499/#770). So :func:`build_config`
+converts to plain dicts and builds the typed, validated :class:`~maskcl.config.Config` — the only
+config object the library ever sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sacred import SETTINGS, Experiment
+from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
+
+from maskcl.config import Config
+
+# Capture print/logging through sys.stdout instead of tee-ing file descriptors 1/2 through
+# subprocesses: DataLoader workers and faiss cannot flood the record, and it works under pytest.
+SETTINGS.CAPTURE_MODE = "sys"
+
+IO_KEY = "io"  # the experiment-only group; never passed to Config.from_dict
+
+
+def default_config() -> dict[str, Any]:
+    """The library defaults as a nested plain dict (the base of every experiment's config)."""
+    return Config().to_dict()
+
+
+def to_plain(value: Any) -> Any:
+    """Sacred's ``ReadOnlyDict``/``ReadOnlyList`` (and tuples) → plain ``dict``/``list``, recursively."""
+    if isinstance(value, Mapping):
+        return {str(key): to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return copy.copy(value)
+
+
+def build_config(sacred_config: Mapping[str, Any], source: str = "sacred config") -> tuple[Config, dict[str, Any]]:
+    """(typed, validated Config, plain ``io`` group) from the config Sacred hands ``@ex.main``.
+
+    Raises :class:`maskcl.errors.ConfigError` naming the key (ints for float keys are cast).
+    """
+    plain = to_plain(sacred_config)
+    io = plain.pop(IO_KEY, {}) or {}
+    return Config.from_dict(plain, source=source), io
+
+
+def configure(ex: Experiment, io_defaults: Mapping[str, Any]) -> Experiment:
+    """Give a Sacred Experiment the library defaults and this experiment's ``io`` paths.
+
+    The Experiment itself is created in the experiment's own module (Sacred takes the calling
+    file as the run's main source)::
+
+        ex = configure(Experiment("maskcl_train", save_git_info=has_git_commit()), {...})
+
+    Git info is saved only when HEAD has a commit (GitPython raises on an unborn branch,
+    IDSIA/sacred#782); the run's ``info`` records commit and dirty flag either way.
+    """
+    config = default_config()
+    config[IO_KEY] = dict(io_defaults)
+    ex.add_config(config)
+    ex.captured_out_filter = apply_backspaces_and_linefeeds  # tqdm's \r updates collapse to one line
+    return ex
+
+
+def has_git_commit() -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+class Terminated(SacredInterrupt):
+    """SIGTERM (``kill``, a queue worker stopped): Sacred records the run as INTERRUPTED."""
+
+    STATUS = "INTERRUPTED"
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into an exception so Sacred marks the run INTERRUPTED instead of leaving it
+    RUNNING (a ``kill -9`` cannot be caught: the next run records ``resumed_from_run``)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is *now*, so Sacred's capture sees log records."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Library log lines (epoch summaries …) on stderr and in the run's captured output."""
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("maskcl", "experiments"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.addHandler(handler)
+        logger.propagate = False  # Sacred's own handler sits on the root logger: no double lines
+
+
+def run_commandline(ex: Experiment, argv: Sequence[str] | None, runs_dir: str | Path | None = None) -> int:
+    """``python -m experiments.<x> [with params.yaml key=value ...]`` with observers from the env."""
+    from experiments.observers import observers_from_env
+
+    setup_logging()
+    install_sigterm_handler()
+    ex.observers[:] = observers_from_env(runs_dir)
+    argv = list(sys.argv if argv is None else argv)
+    run = ex.run_commandline(argv)
+    return 0 if run is not None and run.status == "COMPLETED" else 1

@@ -1,0 +1,263 @@
+"""Sacred experiment ``maskcl_train``: one training run = one Sacred run (the DVC ``train`` stage).
+
+Run it as::
+
+    python -m experiments.train with params.yaml                      # what `dvc repro` runs
+    python -m experiments.train with params.yaml eps=0.55 train.epochs=2
+    python -m experiments.train print_config with params.yaml
+
+The main function is thin: Sacred config → typed :class:`~maskcl.config.Config` →
+``maskcl.engine.fit(cfg, out_dir, logger)``. Per epoch the engine logs ``train.loss``,
+``cluster.n_clusters`` … and every ``eval_step`` epochs ``test.<protocol>.mAP``/``rank1`` through
+:class:`~experiments.common.SacredRunLogger`. The stage then writes, each carrying the Sacred run
+id (DVC's run cache can restore a stage without running it, so a result must point at its run):
+
+* ``results/train/metrics.json`` (DVC metrics; also a Sacred artifact),
+* ``results/train/epochs.csv`` (DVC plots: one row per epoch, columns ``train_loss``,
+  ``cluster_n_clusters``, ``test_cc_mAP`` … — test columns are filled on evaluation epochs only).
+
+The checkpoint folder (``io.out_dir``, a DVC ``persist: true`` output) is never a Sacred artifact.
+
+Resume (kill -9, power loss): ``fit`` resumes from ``out_dir/last.pt``. This module writes
+``out_dir/sacred_run.json`` (run ids, config, data hash) at the start of each run; the next run
+resumes only if that config and data hash are identical — a checkpoint left by another config
+(DVC keeps the persisted folder across ``dvc exp run -S eps=...``) is discarded, never continued.
+A resuming run records ``info.resumed_from_run`` and marks the dead run INTERRUPTED in the file
+store (and MongoDB), which otherwise stays RUNNING with a stale heartbeat forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from sacred import Experiment
+
+from experiments.common import (
+    RUN_MARKER,
+    SacredRunLogger,
+    device_info,
+    Timer,
+    dvc_name,
+    file_digest,
+    number,
+    plain_metrics,
+    plain_value,
+    provenance,
+    run_identity,
+    write_csv,
+    write_json,
+)
+from experiments.config import build_config, configure, has_git_commit, run_commandline
+from experiments.observers import MaskclMongoObserver
+from maskcl.config import Config
+
+log = logging.getLogger("experiments.train")  # not __main__ under `python -m`
+
+NAME = "maskcl_train"
+CHECKPOINT = "last.pt"
+# keys that may differ between a killed attempt and its resumption (speed, paths, evaluation);
+# anything else (eps, epochs, lr …) changes the result, so the old checkpoint is discarded
+RESUME_IGNORES = ("train.workers", "train.device", "train.eval_step", "dataset.root", "dataset.mask_root", "eval.")
+# the engine's history keys → the names it logs (contract); others keep their own name
+HISTORY_NAMES = {
+    "loss": "train.loss",
+    "loss_rgb": "train.loss_rgb",
+    "loss_mask": "train.loss_mask",
+    "loss_fusion": "train.loss_fusion",
+    "n_clusters": "cluster.n_clusters",
+    "n_unclustered": "cluster.n_unclustered",
+    "cluster_time_s": "cluster.time_s",
+}
+
+ex = configure(
+    Experiment(NAME, save_git_info=has_git_commit()),
+    {
+        "out_dir": "generated/train",  # checkpoints (DVC out, persist: true); resumed from last.pt
+        "metrics": "results/train/metrics.json",  # DVC metrics of the train stage
+        "epochs": "results/train/epochs.csv",  # DVC plots: one row per epoch
+    },
+)
+
+
+@ex.main
+def main(_config: dict[str, Any], _run: Any) -> dict[str, dict[str, float]]:
+    """Train; returns the final metrics ``{protocol: {mAP, rank1, ...}}`` (Sacred's result)."""
+    cfg, io = build_config(_config)
+    return train_run(cfg, io, _run)
+
+
+def train_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:
+    """The body of ``main`` (split out so tests can call it with a stand-in run)."""
+    from maskcl import engine
+
+    out_dir = Path(io["out_dir"])
+    identity = run_identity(run)
+    run.info.update(provenance(Path.cwd(), cfg))
+    run.info.update(identity)
+    marker = _prepare_out_dir(out_dir, cfg, run, identity)
+    write_json(out_dir / RUN_MARKER, marker)
+
+    logger = SacredRunLogger(run)
+    timer = Timer()
+    started = dt.datetime.now(dt.timezone.utc)
+    with timer.section("fit"):
+        result = engine.fit(cfg, out_dir, logger)
+    run.info["timings"] = {**timer.timings, "started": started.isoformat()}
+    run.info["device_details"] = device_info(cfg.train.device)  # torch is imported by now: CUDA name
+
+    final = plain_metrics(final_metrics(result))
+    rows = epoch_rows(logger.rows, result)
+    summary = {
+        "dataset": cfg.dataset.name,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "sacred_run_id": identity["sacred_run_id"],
+        "git_commit": run.info.get("git_commit", ""),
+        "resumed_from_run": run.info.get("resumed_from_run"),
+        "epochs": len(rows),
+        "last_epoch": {k: v for k, v in (rows[-1] if rows else {}).items() if k != "epoch"},
+        "protocols": final,
+    }
+    metrics_path, epochs_path = Path(io["metrics"]), Path(io["epochs"])
+    write_json(metrics_path, summary)
+    write_csv(epochs_path, [{**row, "sacred_run_id": identity["sacred_run_id"]} for row in rows])
+    run.add_artifact(str(metrics_path), name="train_metrics.json")
+    run.add_artifact(str(epochs_path), name="epochs.csv")
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.is_file():
+        run.info["outputs"] = {"checkpoint": file_digest(checkpoint)}  # DVC versions the file itself
+    return final
+
+
+def final_metrics(result: Any) -> dict[str, dict[str, Any]]:
+    """``{protocol: {...}}`` from whatever ``fit`` returns (a TrainResult or a plain dict)."""
+    if result is None:
+        return {}
+    for name in ("metrics", "final_metrics", "final"):
+        value = getattr(result, name, None)
+        if isinstance(value, dict):
+            return value
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if isinstance(v, dict)}
+    return {}
+
+
+def epoch_rows(logged: dict[int, dict[str, float]], result: Any) -> list[dict[str, Any]]:
+    """One row per epoch: what this run logged, completed by the engine's history (epochs of an
+    earlier, resumed attempt that this process never saw)."""
+    rows: dict[int, dict[str, Any]] = {step: {dvc_name(k): v for k, v in values.items()} for step, values in logged.items()}
+    history = getattr(result, "history", None)
+    if isinstance(history, list):
+        for entry in history:
+            if not isinstance(entry, dict) or "epoch" not in entry:
+                continue
+            step = int(entry["epoch"])
+            row = rows.setdefault(step, {})
+            for key, value in _flat(entry).items():
+                if key != "epoch" and isinstance(plain_value(value), (int, float)):
+                    row.setdefault(dvc_name(HISTORY_NAMES.get(key, key)), number(value))
+    return [{"epoch": step, **rows[step]} for step in sorted(rows)]
+
+
+def _flat(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in entry.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, Any]) -> dict[str, Any]:
+    """Decide between resume and a fresh start; returns the marker of this run."""
+    marker = {
+        **{k: plain_value(v) for k, v in identity.items()},
+        "config": cfg.to_dict(),
+        "data_hash": run.info.get("data_hash", ""),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    checkpoint = out_dir / CHECKPOINT
+    previous = _read_marker(out_dir / RUN_MARKER)
+    if checkpoint.is_file():
+        if previous is None:
+            log.info("%s has no %s: the engine decides whether it can resume", checkpoint, RUN_MARKER)
+        elif not config_changes(previous.get("config") or {}, marker["config"]) and previous.get("data_hash") == marker["data_hash"]:
+            run.info["resumed_from_run"] = {
+                k: previous.get(k) for k in ("sacred_run_id", "mongo_run_id", "file_store_id", "file_store_host", "file_store_dir")
+                if previous.get(k) is not None
+            }
+            log.info("resuming from %s, left by Sacred run %s", checkpoint, previous.get("sacred_run_id"))
+            mark_interrupted(previous, run, identity)
+        else:
+            changes = config_changes(previous.get("config") or {}, marker["config"])
+            if previous.get("data_hash") != marker["data_hash"]:
+                changes.append(f"data hash {previous.get('data_hash')!r} → {marker['data_hash']!r}")
+            log.warning(
+                "%s was left by Sacred run %s with other settings (%s); starting from scratch",
+                checkpoint, previous.get("sacred_run_id"), "; ".join(changes[:5]),
+            )
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return marker
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, except those that cannot change what is learnt."""
+    flat_old, flat_new = _flat(old), _flat(new)
+    return [
+        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
+        for key in sorted(set(flat_old) | set(flat_new))
+        if flat_old.get(key) != flat_new.get(key) and not key.startswith(RESUME_IGNORES)
+    ]
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def mark_interrupted(previous: dict[str, Any], run: Any, identity: dict[str, Any]) -> None:
+    """Mark the earlier attempt INTERRUPTED if its record still says RUNNING (it was killed).
+
+    Only one process trains into an ``out_dir`` (DVC holds the repo lock), so a RUNNING record
+    whose checkpoint we are about to resume belongs to a dead process.
+    """
+    note = f"killed: resumed by Sacred run {identity.get('sacred_run_id')}"
+    run_dir = previous.get("file_store_dir")
+    if run_dir and previous.get("file_store_id") is not None:
+        run_json = Path(run_dir) / str(previous["file_store_id"]) / "run.json"
+        try:
+            record = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            record = None
+        if record is not None and record.get("status") == "RUNNING":
+            record.update(status="INTERRUPTED", stop_time=record.get("heartbeat") or record.get("start_time"),
+                          interrupted=note, resumed_by=identity.get("sacred_run_id"))
+            write_json(run_json, record)
+            log.info("marked Sacred run %s INTERRUPTED (%s)", previous["file_store_id"], note)
+    mongo_id = previous.get("mongo_run_id")
+    if mongo_id is None:
+        return
+    for observer in run.observers:
+        if isinstance(observer, MaskclMongoObserver):
+            try:
+                observer.runs.update_one(
+                    {"_id": mongo_id, "status": "RUNNING", "info.file_store_id": previous.get("file_store_id")},
+                    {"$set": {"status": "INTERRUPTED", "interrupted": note}},
+                )
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop training
+                log.warning("could not mark MongoDB run %s INTERRUPTED: %s", mongo_id, type(exc).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(run_commandline(ex, None))
