@@ -1,0 +1,88 @@
+"""Torch datasets: training pairs (image + silhouette mask + pseudo-label) and plain image lists.
+
+A mask is found by the one rule :func:`maskcl.data.records.mask_path_for` (mask_root mirrors the
+image tree). It is read as RGB and made 3-channel grey by its transform, as the authors do, so a
+0/255 silhouette stays binary and a parsing palette map becomes grey levels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from maskcl.data.records import Record, mask_path_for
+from maskcl.errors import DatasetError
+
+def load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"image '{path}' cannot be read: {exc}") from None
+
+
+def mask_paths(records: Sequence[Record], dataset_root: Path, mask_root: Path) -> list[Path]:
+    """The mask path of every record, in record order."""
+    return [mask_path_for(r.path, dataset_root, mask_root) for r in records]
+
+
+class ImageList(Dataset):
+    """``(transform(image), index)`` for a list of image paths (feature extraction)."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], Tensor]):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.transform(load_rgb(self.paths[index])), index
+
+
+class TrainPairs(Dataset):
+    """``(image [3,H,W], mask [3,H,W] or empty, pseudo_label, index)`` per training image.
+
+    ``index`` is the image's memory slot. ``mask_paths=None`` (RGB-only method) yields an empty
+    mask tensor and reads no mask. ``paired`` (an image+mask transform) replaces the two
+    independent transforms when given.
+    """
+
+    def __init__(
+        self,
+        image_paths: Sequence[Path],
+        labels: Sequence[int],
+        image_transform: Callable | None,
+        mask_paths: Sequence[Path] | None = None,
+        mask_transform: Callable | None = None,
+        paired: Callable | None = None,
+    ):
+        if len(labels) != len(image_paths):
+            raise ValueError(f"{len(labels)} labels for {len(image_paths)} images")
+        if mask_paths is not None and len(mask_paths) != len(image_paths):
+            raise ValueError(f"{len(mask_paths)} masks for {len(image_paths)} images")
+        self.image_paths = list(image_paths)
+        self.labels = [int(x) for x in labels]
+        self.mask_paths = list(mask_paths) if mask_paths is not None else None
+        self.image_transform = image_transform
+        self.mask_transform = mask_transform
+        self.paired = paired
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, int]:
+        image = load_rgb(self.image_paths[index])
+        if self.mask_paths is None:
+            return self.image_transform(image), torch.empty(0), self.labels[index], index
+        mask = load_rgb(self.mask_paths[index])
+        if self.paired is not None:
+            image_t, mask_t = self.paired(image, mask)
+        else:
+            image_t, mask_t = self.image_transform(image), self.mask_transform(mask)
+        return image_t, mask_t, self.labels[index], index
