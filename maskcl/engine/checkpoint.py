@@ -1,0 +1,115 @@
+"""Checkpoints: atomic save, safe load (``weights_only=True``), architecture check, RNG capture.
+
+A checkpoint is a plain dict of tensors and Python primitives, so it loads under
+``torch.load(weights_only=True)`` (no pickled code runs):
+``model, optimizer, scheduler, memories, epoch, rng, config, history, format``.
+``epoch`` counts *completed* epochs. The file is written to a temporary name in the same folder,
+flushed, then ``os.replace``-d, so a kill mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskcl.errors import CheckpointError
+
+FORMAT = 1
+SHOWN = 5
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({**state, "format": FORMAT}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely; every failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be loaded safely (weights_only=True): {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint '{path}' is not a maskcl checkpoint (no 'model' entry)")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], source: Path | str) -> None:
+    """Load ``state`` into ``model``; another architecture is a :class:`CheckpointError`.
+
+    The message names the missing, unexpected and shape-mismatched keys (first few of each).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:SHOWN])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:SHOWN])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model: {'; '.join(shapes[:SHOWN])})")
+        raise CheckpointError(
+            f"checkpoint '{source}' is from another architecture than the configured model: "
+            + "; ".join(parts)
+            + " — check model.arch, method and model.fusion against the run that wrote it"
+        )
+    model.load_state_dict(state)
+
+
+def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Python, numpy, torch (CPU and CUDA) and the sampler generator states, weights_only-safe."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        rng["generator"] = generator.get_state()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Inverse of :func:`capture_rng`."""
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = rng["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if generator is not None and "generator" in rng:
+        generator.set_state(rng["generator"])

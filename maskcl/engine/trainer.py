@@ -1,0 +1,542 @@
+"""The MaskCL training engine (and its RGB-only baseline): ``fit`` and ``evaluate_checkpoint``.
+
+One epoch, in the authors' order (paper.md §2.3–2.6, OpenUnReID's runner order):
+
+1. pseudo-labels from the RGB memory (Jaccard + DBSCAN + refinement, singletons kept);
+2. cluster-neighbour tables from the fusion memory (the RGB memory when there is none), with the
+   curriculum ``K_e = floor(allknn · e / epochs)`` (e 0-based; no neighbour loss while ``K_e = 0``);
+3. ``iters`` Adam steps on P×K batches; after every step each memory slot of the batch moves
+   toward its new feature;
+4. StepLR step; evaluation every ``eval_step`` epochs and at the last epoch (RGB ``f`` only);
+5. ``out_dir/last.pt`` (atomic) and ``out_dir/history.json``.
+
+Loss per step (all weights 1): ``L_rgb = focal + nbr`` on ``f_rgb``; ``L_mask = focal + nbr +
+cross-view instance + cross-view prototype`` on ``f_mask`` / ``g_rgb``; ``L_fusion = focal`` on
+``h``. ``method: rgb`` keeps only ``L_rgb``. The reported result is the LAST epoch; the best epoch
+on the test set is returned only as the separately labelled ``best_on_test``.
+
+A run in ``out_dir`` resumes from ``last.pt`` with every RNG restored, so on CPU an interrupted
+and resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from maskcl.config import Config
+from maskcl.data.dataset import TrainPairs
+from maskcl.data.records import DatasetSplits
+from maskcl.data.sampler import PKCameraSampler
+from maskcl.data.transforms import PairedTrainTransform, eval_transform, train_transform
+from maskcl.engine.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+)
+from maskcl.engine.extract import extract_features
+from maskcl.engine.logger import NullLogger, RunLogger
+from maskcl.errors import CheckpointError, ClusteringError, ConfigError, TrainingError
+from maskcl.losses import (
+    authors_neighbour_weights,
+    cross_view_instance_loss,
+    cross_view_prototype_loss,
+    focal_prototype_loss,
+    neighbour_loss,
+    prototype_probs,
+)
+from maskcl.memory import InstanceMemory
+from maskcl.models.network import TrainOutputs, TwoBranchNet, build_network
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "last.pt"
+HISTORY = "history.json"
+# keys a resumed run may change (how long / where / how fast it runs, not what it learns)
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.eval_step", "train.workers", "train.device", "train.amp",
+    "dataset.root", "dataset.mask_root", "eval.",
+)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    ``metrics`` is the LAST epoch's evaluation ``{protocol: {mAP, rank1, …}}`` — the figure to
+    report. ``best_on_test`` (``{"epoch", "protocol", "metrics"}``) is the epoch with the best
+    test mAP on the default protocol: a test-set selection (what the authors report), kept only
+    to be shown under its own label.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    epochs: int
+    history: list[dict[str, Any]]
+    checkpoint: Path
+    best_on_test: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- collaborators (other modules)
+def load_splits(cfg: Config) -> DatasetSplits:
+    from maskcl.data import build_dataset
+
+    return build_dataset(cfg.dataset.name, cfg.dataset.root)
+
+
+def check_masks(records, dataset_root, mask_root) -> list[Path]:
+    from maskcl.masks.generate import check_masks as check
+
+    return check(records, dataset_root, mask_root)
+
+
+def make_pseudo_labels(feats: torch.Tensor, cfg: Config):
+    from maskcl.cluster.pseudo_labels import generate_pseudo_labels
+
+    return generate_pseudo_labels(
+        feats, eps=cfg.eps, eps_gap=cfg.eps_gap, k1=cfg.k1, k2=cfg.k2, min_samples=cfg.min_samples,
+        refine=cfg.cluster.refine, ratio_cluster=cfg.cluster.ratio_cluster, knn=cfg.cluster.knn,
+        backend=cfg.cluster.backend,
+    )
+
+
+def make_neighbours(memory: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from maskcl.cluster.neighbours import cluster_neighbours
+
+    return cluster_neighbours(memory, labels, k)
+
+
+def score(query_feats: torch.Tensor, gallery_feats: torch.Tensor, splits: DatasetSplits, cfg: Config) -> dict:
+    from maskcl.eval import evaluate_features
+
+    # seed fixed at 0 (not cfg.seed): every run is scored on the same PRCC single-shot galleries
+    return evaluate_features(query_feats, gallery_feats, splits, protocols=None, seed=0, trials=cfg.eval.prcc_trials)
+
+
+# ---------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def curriculum_k(allknn: int, epoch: int, epochs: int) -> int:
+    """``floor(allknn · epoch / epochs)`` with a 0-based ``epoch`` (the authors' ``knn_epoch``)."""
+    return (allknn * epoch) // epochs
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
+    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    changed = [
+        f"{k}: {old.get(k)!r} → {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"'{path}' was written by a run with another configuration ({'; '.join(changed[:5])}); "
+            "resume with the same settings, or train into another --out folder"
+        )
+
+
+def _train_records(splits: DatasetSplits):
+    return sorted(splits.train, key=lambda r: str(r.path))  # memory slot i = i-th record, stable
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def maskcl_losses(
+    out: TrainOutputs,
+    memories: dict[str, InstanceMemory],
+    targets: torch.Tensor,
+    nbrs: tuple[torch.Tensor, torch.Tensor] | None,
+    t,
+) -> dict[str, torch.Tensor]:
+    """The per-step loss terms (paper.md §2.5), one entry per memory present.
+
+    ``targets [B]`` are the batch's pseudo-labels; ``nbrs`` the per-cluster neighbour tables
+    ``(idx [C,K], sim [C,K])`` or ``None``; ``t`` the :class:`~maskcl.config.TrainConfig`.
+    ``loss_rgb = focal + nbr`` (f_rgb); ``loss_mask = focal + nbr + cross-view instance +
+    cross-view prototype`` (f_mask, g_rgb); ``loss_fusion = focal`` (h).
+    """
+
+    def proto_and_nbr(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        probs = prototype_probs(feats, protos, t.temp)
+        loss = focal_prototype_loss(probs, targets, t.focal_gamma)
+        if nbrs is not None:
+            idx, sim = nbrs
+            loss = loss + neighbour_loss(probs, idx[targets], sim[targets])
+        return loss
+
+    m_rgb = memories["rgb"]
+    losses = {"loss_rgb": proto_and_nbr(out.f_rgb, m_rgb.prototypes())}
+    if out.f_mask is not None and "mask" in memories:
+        protos = memories["mask"].prototypes()
+        loss_mask = proto_and_nbr(out.f_mask, protos)
+        if t.cross_view and out.g_rgb is not None:
+            loss_mask = loss_mask + cross_view_instance_loss(out.g_rgb, out.f_mask)
+            loss_mask = loss_mask + cross_view_prototype_loss(out.g_rgb, protos, targets)
+        losses["loss_mask"] = loss_mask
+    if out.h is not None and "fusion" in memories:
+        probs = prototype_probs(out.h, memories["fusion"].prototypes(), t.temp)
+        losses["loss_fusion"] = focal_prototype_loss(probs, targets, t.focal_gamma)
+    return losses
+
+
+# ---------------------------------------------------------------- the engine
+class Engine:
+    """Holds one run's state; :func:`fit` is the public entry point."""
+
+    def __init__(self, cfg: Config, out_dir: Path, logger: RunLogger):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.logger = logger
+        self.device = resolve_device(cfg.train.device)
+        self.amp = cfg.train.amp and self.device.type == "cuda"
+        self.two = cfg.method == "maskcl"
+        self.generator = torch.Generator()
+        self.ckpt_path = self.out_dir / CHECKPOINT
+
+    # -- setup
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        seed_everything(cfg.seed)
+        self.generator.manual_seed(cfg.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.splits = load_splits(cfg)
+        records = _train_records(self.splits)
+        if not records:
+            raise ConfigError(f"dataset '{cfg.dataset.name}' at '{cfg.dataset.root}' has no training images")
+        self.image_paths = [r.path for r in records]
+        self.camids = [r.camid for r in records]
+        self.mask_paths = None
+        if self.two:
+            # every train mask must exist before any model is built (count + first few + the fix)
+            self.mask_paths = check_masks(records, self.splits.root, cfg.dataset.mask_root)
+        resuming = self.ckpt_path.exists()
+        # resuming overwrites every weight: do not fetch ImageNet weights just to discard them
+        build_cfg = cfg.replace(**{"model.pretrained": "none"}) if resuming else cfg
+        self.model: TwoBranchNet = build_network(build_cfg).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # fused Adam: one kernel over all tensors (13× faster than the per-tensor loop on CPU)
+        self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.step_size, gamma=t.gamma)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        if resuming:
+            self._resume()
+        else:
+            self.memories = self._init_memories()
+        self.logger.log_info("device", str(self.device))
+        self.logger.log_info("n_train", len(self.image_paths))
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.ckpt_path)
+        _check_resumable(state.get("config", {}), self.cfg, self.ckpt_path)
+        load_model_state(self.model, state["model"], self.ckpt_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.memories = {k: InstanceMemory.from_state_dict(v, self.device) for k, v in state["memories"].items()}
+        self.history = list(state.get("history", []))
+        self.start_epoch = int(state["epoch"])
+        restore_rng(state["rng"], self.generator)
+        log.info("resumed from '%s' after epoch %d", self.ckpt_path, self.start_epoch)
+
+    def _extract(self, encode, paths, transform, desc: str) -> torch.Tensor:
+        return extract_features(
+            encode, paths, transform, self.device, batch_size=self.cfg.eval.batch_size,
+            workers=self.cfg.train.workers, amp=self.amp, desc=desc,
+        )
+
+    @torch.no_grad()
+    def _init_memories(self) -> dict[str, InstanceMemory]:
+        """RGB and fusion memories from RGB features, mask memory from mask features (paper.md §2.2)."""
+        t = self.cfg.train
+        self.model.eval()
+        momentum = t.momentum
+        f_rgb = self._extract(self.model, self.image_paths, eval_transform(t.height, t.width), "init rgb memory")
+        memories = {"rgb": InstanceMemory(f_rgb, momentum)}
+        if self.two:
+            # quirk: masks through the test transform *without* Grayscale (mask_memory_grey adds it)
+            mask_tf = eval_transform(t.height, t.width, grey=t.mask_memory_grey)
+            f_mask = self._extract(self.model.mask_features, self.mask_paths, mask_tf, "init mask memory")
+            memories["mask"] = InstanceMemory(f_mask, momentum)
+            if self.model.fusion is not None:
+                memories["fusion"] = InstanceMemory(f_rgb, momentum)  # quirk: RGB features, not fused
+        return memories
+
+    # -- one epoch
+    def _labels(self, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        start = time.perf_counter()
+        try:
+            pl = make_pseudo_labels(self.memories["rgb"].feats, self.cfg)
+        except ClusteringError as exc:
+            raise ClusteringError(f"epoch {epoch + 1}: {exc}") from None
+        labels = torch.as_tensor(np.asarray(pl.labels), dtype=torch.long)
+        for memory in self.memories.values():
+            memory.set_labels(labels)
+        stats = {
+            "n_clusters": int(pl.n_clusters),
+            "n_unclustered": int(pl.n_unclustered),
+            "n_refined_out": int(getattr(pl, "n_refined_out", 0)),
+            "cluster_time_s": time.perf_counter() - start,
+        }
+        return labels, stats
+
+    def _neighbours(self, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        t = self.cfg.train
+        k = curriculum_k(t.allknn, epoch, t.epochs)
+        k = min(k, int(labels.max()) if len(labels) else 0)  # at most C-1 other clusters
+        if not t.neighbour_loss or k <= 0:
+            return None
+        source = self.memories.get("fusion", self.memories["rgb"])
+        idx, sim = make_neighbours(source.feats, labels.to(source.device), k)
+        idx, sim = idx.to(self.device).long(), sim.to(self.device).float()
+        # true cosine weights by default; "authors" reproduces their Σ‖c‖² scaling (see
+        # losses.authors_neighbour_weights) once the config carries train.neighbour_weight
+        if getattr(t, "neighbour_weight", "cosine") == "authors":
+            sim = authors_neighbour_weights(idx, sim, source.prototypes().to(self.device))
+        return idx, sim
+
+    def _loader(self, labels: torch.Tensor) -> DataLoader:
+        t = self.cfg.train
+        mask_tf = paired = None
+        if self.two:
+            if t.paired_aug:
+                paired = PairedTrainTransform(t.height, t.width)
+            else:
+                mask_tf = train_transform(t.height, t.width, grey=True)
+        dataset = TrainPairs(
+            self.image_paths, labels.tolist(), train_transform(t.height, t.width),
+            self.mask_paths if self.two else None, mask_tf, paired,
+        )
+        sampler = PKCameraSampler(labels.tolist(), self.camids, t.num_instances, t.iters * t.batch_size, self.generator)
+        return DataLoader(
+            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=t.workers, drop_last=True,
+            pin_memory=self.device.type == "cuda", generator=self.generator,
+            persistent_workers=False, prefetch_factor=4 if t.workers > 0 else None,
+        )
+
+    def _train_epoch(self, epoch: int, labels: torch.Tensor, nbrs) -> dict[str, float]:
+        t = self.cfg.train
+        self.model.train()
+        meter = _Meter()
+        self._trace: list[float] = []  # per-iteration total loss, kept in the history
+        loader = self._loader(labels)
+        bar = tqdm(loader, total=t.iters, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=None)
+        for it, (images, masks, _, indexes) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True) if self.two else None
+            indexes = indexes.to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model.forward_train(images, masks)
+            losses = maskcl_losses(out, self.memories, self.memories["rgb"].labels[indexes], nbrs, t)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                self._non_finite(epoch, it, total, losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            # memory update after the step, as the authors' autograd backward does (before their step;
+            # the order is immaterial: memories are not parameters)
+            self.memories["rgb"].update(out.f_rgb, indexes)
+            if self.two:
+                self.memories["mask"].update(out.f_mask, indexes)
+                if out.h is not None:
+                    self.memories["fusion"].update(out.h, indexes)
+            values = {"loss": total.item()} | {k: v.item() for k, v in losses.items()}
+            meter.add(values)
+            self._trace.append(round(values["loss"], 5))
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        return meter.means()
+
+    def _non_finite(self, epoch: int, it: int, total: torch.Tensor, losses: dict) -> None:
+        parts = ", ".join(f"{k}={v.detach().item():.4g}" for k, v in losses.items())
+        if self.ckpt_path.exists():
+            good = f"'{self.ckpt_path}' (after epoch {epoch})"
+        else:
+            good = "none (no epoch had finished)"
+        raise TrainingError(
+            f"non-finite loss {total.detach().item()} at epoch {epoch + 1}, iteration {it + 1} ({parts}); "
+            f"last good checkpoint: {good}; lower train.lr or try train.amp=false"
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Score the RGB branch's ``f`` on the dataset's protocols."""
+        self.model.eval()
+        return evaluate_model(self.model, self.splits, self.cfg, self.device, self.amp)
+
+    def _save(self, epoch_done: int) -> None:
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "memories": {k: m.state_dict() for k, m in self.memories.items()},
+                "epoch": epoch_done,
+                "rng": capture_rng(self.generator),
+                "config": self.cfg.to_dict(),
+                "history": self.history,
+            },
+            self.ckpt_path,
+        )
+        _write_json(self.out_dir / HISTORY, self.history)
+
+    def run(self) -> TrainResult:
+        t = self.cfg.train
+        start_time = time.perf_counter()
+        for epoch in range(self.start_epoch, t.epochs):
+            epoch_start = time.perf_counter()
+            labels, stats = self._labels(epoch)
+            nbrs = self._neighbours(labels, epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            losses = self._train_epoch(epoch, labels, nbrs)
+            self.scheduler.step()
+            entry: dict[str, Any] = {
+                "epoch": epoch + 1, **losses, **stats, "knn_k": 0 if nbrs is None else int(nbrs[0].shape[1]),
+                "lr": lr, "iter_loss": self._trace,
+            }
+            step = epoch + 1
+            if (epoch + 1) % t.eval_step == 0 or epoch + 1 == t.epochs:
+                eval_start = time.perf_counter()
+                entry["test"] = self.evaluate()
+                entry["eval_time_s"] = time.perf_counter() - eval_start
+            entry["epoch_time_s"] = time.perf_counter() - epoch_start
+            self.history.append(entry)
+            self._log(entry, step)
+            self._save(epoch + 1)
+            log.info(
+                "epoch %d/%d: loss %.3f, %d clusters, %d un-clustered, K=%d%s (%.1fs)",
+                epoch + 1, t.epochs, losses.get("loss", float("nan")), stats["n_clusters"],
+                stats["n_unclustered"], entry["knn_k"], _summary(entry.get("test")), entry["epoch_time_s"],
+            )
+        if not self.history:
+            raise TrainingError(f"no epoch was trained (train.epochs={t.epochs}, checkpoint '{self.ckpt_path}')")
+        last = self.history[-1]
+        if "test" not in last:  # a finished run resumed with a larger eval_step: score it now
+            last["test"] = self.evaluate()
+        return TrainResult(
+            metrics=last["test"],
+            epochs=int(last["epoch"]),
+            history=self.history,
+            checkpoint=self.ckpt_path,
+            best_on_test=best_on_test(self.history, self.splits.protocols),
+            timings={"fit_s": time.perf_counter() - start_time},
+        )
+
+    def _log(self, entry: dict[str, Any], step: int) -> None:
+        for key in ("loss", "loss_rgb", "loss_mask", "loss_fusion"):
+            if key in entry:
+                self.logger.log_scalar(f"train.{key}", entry[key], step)
+        self.logger.log_scalar("cluster.n_clusters", entry["n_clusters"], step)
+        self.logger.log_scalar("cluster.n_unclustered", entry["n_unclustered"], step)
+        self.logger.log_scalar("cluster.time_s", entry["cluster_time_s"], step)
+        self.logger.log_scalar("lr", entry["lr"], step)
+        for protocol, metrics in entry.get("test", {}).items():
+            for name in ("mAP", "rank1"):
+                if name in metrics:
+                    self.logger.log_scalar(f"test.{protocol}.{name}", metrics[name], step)
+
+
+def _summary(test: dict | None) -> str:
+    if not test:
+        return ""
+    protocol, metrics = next(iter(test.items()))
+    return f", {protocol} mAP {metrics.get('mAP', float('nan')):.1f} R1 {metrics.get('rank1', float('nan')):.1f}"
+
+
+def best_on_test(history: list[dict[str, Any]], protocols) -> dict[str, Any] | None:
+    """The evaluated epoch with the best default-protocol test mAP (a test-set selection)."""
+    scored = [h for h in history if h.get("test")]
+    if not scored:
+        return None
+    protocol = protocols[0] if protocols and protocols[0] in scored[0]["test"] else next(iter(scored[0]["test"]))
+    best = max(scored, key=lambda h: h["test"].get(protocol, {}).get("mAP", float("-inf")))
+    return {"epoch": best["epoch"], "protocol": protocol, "metrics": best["test"],
+            "note": "selected on the test set; not a valid model-selection result"}
+
+
+@torch.no_grad()
+def evaluate_model(model: TwoBranchNet, splits: DatasetSplits, cfg: Config, device: torch.device, amp: bool = False):
+    """Extract RGB ``f`` for query ∪ gallery once and score every protocol of the dataset."""
+    model.eval()
+    paths = list(dict.fromkeys([r.path for r in splits.query] + [r.path for r in splits.gallery]))
+    row = {p: i for i, p in enumerate(paths)}
+    feats = extract_features(
+        model, paths, eval_transform(cfg.train.height, cfg.train.width), device,
+        batch_size=cfg.eval.batch_size, workers=cfg.train.workers, amp=amp, desc="evaluate",
+    ).cpu()
+    query = feats[[row[r.path] for r in splits.query]]
+    gallery = feats[[row[r.path] for r in splits.gallery]]
+    return score(query, gallery, splits, cfg)
+
+
+def fit(cfg: Config, out_dir: str | Path, logger: RunLogger | None = None) -> TrainResult:
+    """Train (or resume, or just return a finished run in ``out_dir``) and evaluate the last epoch."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(cfg, out_dir, logger or NullLogger())
+    engine.setup()
+    return engine.run()
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> dict[str, dict[str, float]]:
+    """Score a checkpoint written by :func:`fit` on ``cfg``'s dataset (RGB branch only)."""
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    device = resolve_device(cfg.train.device)
+    model = build_network(cfg.replace(**{"model.pretrained": "none"})).to(device)
+    load_model_state(model, state["model"], checkpoint)
+    splits = load_splits(cfg)
+    return evaluate_model(model, splits, cfg, device, cfg.train.amp and device.type == "cuda")
