@@ -1,0 +1,158 @@
+"""End-to-end engine runs on a tiny LTCC-named tree: train, metrics, resume, guards, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+try:
+    from tests.engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+except ImportError:  # rootdir-less import mode
+    from engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+
+from maskcl.engine import trainer
+from maskcl.engine.checkpoint import load_checkpoint
+from maskcl.engine.logger import MemoryLogger
+from maskcl.errors import CheckpointError, MaskError, TrainingError
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory):
+    return make_tiny_tree(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture()
+def setup(tree, monkeypatch: pytest.MonkeyPatch):
+    splits, mask_root = tree
+    patch_collaborators(monkeypatch, splits)
+    return splits, mask_root
+
+
+def test_fit_trains_logs_and_reports_the_last_epoch(setup, tmp_path: Path) -> None:
+    splits, mask_root = setup
+    logger = MemoryLogger()
+    result = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run", logger)
+    assert result.epochs == 2 and len(result.history) == 2
+    assert result.metrics is result.history[-1]["test"]
+    cc = result.metrics["cc"]
+    assert 0.0 <= cc["mAP"] <= 100.0 and 0.0 <= cc["rank1"] <= 100.0
+    assert result.best_on_test["epoch"] in (1, 2) and "test set" in result.best_on_test["note"]
+    assert all(len(h["iter_loss"]) == 3 and all(map(math.isfinite, h["iter_loss"])) for h in result.history)
+    for name in ("train.loss", "train.loss_rgb", "train.loss_mask", "train.loss_fusion",
+                 "cluster.n_clusters", "cluster.n_unclustered", "cluster.time_s", "lr", "test.cc.mAP", "test.cc.rank1"):
+        assert [step for step, _ in logger.scalars[name]] == [1, 2], name
+    assert result.history[1]["knn_k"] == 1 or result.history[1]["n_clusters"] <= 1  # floor(2·1/2) = 1
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2 and set(state["memories"]) == {"rgb", "mask", "fusion"}
+    # a finished run is returned as is, without training again
+    again = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run")
+    assert again.metrics == result.metrics
+
+
+def test_resumed_run_equals_uninterrupted_run(setup, tmp_path: Path) -> None:
+    splits, mask_root = setup
+    whole = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "whole")
+    trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 1}), tmp_path / "split")
+    resumed = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "split")
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for name, memory in a["memories"].items():
+        assert torch.equal(memory["feats"], b["memories"][name]["feats"]), name
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+    assert whole.metrics == resumed.metrics
+
+
+def test_rgb_baseline_trains_the_rgb_branch_only(setup, tmp_path: Path) -> None:
+    splits, mask_root = setup
+    cfg = tiny_config(splits.root, tmp_path / "no-masks-needed", method="rgb", **{"train.epochs": 1})
+    result = trainer.fit(cfg, tmp_path / "rgb")
+    assert "loss_mask" not in result.history[0] and "cc" in result.metrics
+    assert set(load_checkpoint(tmp_path / "rgb" / "last.pt")["memories"]) == {"rgb"}
+
+
+def test_missing_masks_fail_before_training(setup, tmp_path: Path) -> None:
+    splits, _ = setup
+    with pytest.raises(MaskError, match=r"16 of 16 mask\(s\) missing"):
+        trainer.fit(tiny_config(splits.root, tmp_path / "empty"), tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_non_finite_loss_names_epoch_iteration_and_last_checkpoint(setup, tmp_path: Path, monkeypatch) -> None:
+    splits, mask_root = setup
+    real = trainer.focal_prototype_loss
+    calls = {"n": 0}
+
+    def poisoned(probs, targets, gamma=4.0):
+        calls["n"] += 1
+        loss = real(probs, targets, gamma)
+        return loss * float("nan") if calls["n"] > 3 * 3 + 3 else loss  # 3 memories × 3 iters, then 2nd iter
+
+    monkeypatch.setattr(trainer, "focal_prototype_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"epoch 2, iteration 2 .*last good checkpoint: .*last\.pt' \(after epoch 1\)"):
+        trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run")
+
+
+def test_resume_with_another_config_is_refused(setup, tmp_path: Path) -> None:
+    splits, mask_root = setup
+    trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 1}), tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"another configuration \(seed: 1 → 2\)"):
+        trainer.fit(tiny_config(splits.root, mask_root, seed=2), tmp_path / "run")
+
+
+def test_cli_train_then_evaluate(setup, tmp_path: Path) -> None:
+    from maskcl.cli import main
+
+    splits, mask_root = setup
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_config(splits.root, mask_root, **{"train.epochs": 1}).to_dict()))
+    assert main(["train", "--params", str(params), "--out", str(tmp_path / "run")]) == 0
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--params", str(params), "--checkpoint", str(tmp_path / "run" / "last.pt"),
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == trained["metrics"]
+
+
+def test_engine_loss_falls_when_fitting_a_fixed_batch() -> None:
+    """The assembled MaskCL loss (all three memories, cross-view terms) decreases under Adam."""
+    from maskcl.config import TrainConfig
+    from maskcl.memory import InstanceMemory
+    from maskcl.models import TwoBranchNet
+
+    torch.manual_seed(0)
+    net = TwoBranchNet("resnet18", pretrained="none", method="maskcl")
+    images, masks = torch.randn(8, 3, 32, 16), torch.randn(8, 3, 32, 16)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    indexes = torch.arange(8)
+    net.eval()
+    with torch.no_grad():
+        f_rgb, f_mask = net(images), net.mask_features(masks)
+    memories = {"rgb": InstanceMemory(f_rgb), "mask": InstanceMemory(f_mask), "fusion": InstanceMemory(f_rgb)}
+    for memory in memories.values():
+        memory.set_labels(labels)
+    nbrs = (torch.tensor([[1], [0], [3], [2]]), torch.tensor([[0.5], [0.5], [0.5], [0.5]]))
+    cfg = TrainConfig()
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    net.train()
+    totals = []
+    for _ in range(12):
+        out = net.forward_train(images, masks)
+        losses = trainer.maskcl_losses(out, memories, labels, nbrs, cfg)
+        assert set(losses) == {"loss_rgb", "loss_mask", "loss_fusion"}
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        memories["rgb"].update(out.f_rgb, indexes)
+        memories["mask"].update(out.f_mask, indexes)
+        memories["fusion"].update(out.h, indexes)
+        totals.append(total.item())
+    assert sum(totals[-3:]) / 3 < sum(totals[:3]) / 3
