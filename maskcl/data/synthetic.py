@@ -58,6 +58,7 @@ HAIR_COLOURS = np.array(
     dtype=np.float32,
 )
 PATTERNS = ("plain", "stripes", "checks")
+BACKGROUND_CAMERA_SHARE = 0.3  # how much of a crop's background colour comes from its camera
 OWNED_OUTPUTS = ("LTCC_ReID", "parsing", "synthetic.json")
 
 
@@ -117,7 +118,7 @@ def _stream(seed: int, *keys: int) -> np.random.Generator:
 def _body(seed: int, pid: int) -> Body:
     rng = _stream(seed, 1, pid)
     return Body(
-        stature=float(rng.uniform(0.68, 0.92)),
+        stature=float(rng.uniform(0.80, 0.95)),
         shoulder=float(rng.uniform(0.20, 0.32)),
         hip=float(rng.uniform(0.14, 0.24)),
         leg=float(rng.uniform(0.40, 0.52)),
@@ -156,7 +157,7 @@ def _camera(seed: int, cam: int) -> Camera:
         gradient=float(rng.uniform(-40, 40)),
         light=float(rng.uniform(0.7, 1.2)),
         tint=tuple(float(v) for v in rng.uniform(0.85, 1.15, 3)),
-        scale=float(rng.uniform(0.85, 1.05)),
+        scale=float(rng.uniform(0.93, 1.03)),  # detector crops: the person fills the box
         blur=float(rng.uniform(0.0, 1.2)),
         texture=float(rng.uniform(2, 14)),
     )
@@ -242,9 +243,13 @@ def render(body: Body, outfit: Outfit, camera: Camera, height: int, width: int, 
 
 def _paint(labels: np.ndarray, body: Body, outfit: Outfit, camera: Camera, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     height, width = labels.shape
-    background = np.array(camera.background, dtype=np.float32)
+    # Each crop sees another patch of the scene: the background is mostly the image's own, with
+    # a camera cast. (A per-camera constant backdrop would let an RGB model, or a randomly
+    # initialised one, cluster by camera instead of by person.)
+    own = rng.uniform(40, 220, 3).astype(np.float32)
+    background = BACKGROUND_CAMERA_SHARE * np.array(camera.background, dtype=np.float32) + (1 - BACKGROUND_CAMERA_SHARE) * own
     canvas = np.broadcast_to(background, (height, width, 3)).copy()
-    canvas += (yy / height - 0.5)[..., None] * camera.gradient
+    canvas += (yy / height - 0.5)[..., None] * (camera.gradient + rng.normal(0, 20))
     canvas += gaussian_filter(rng.normal(0, camera.texture, (height, width)), 1.0)[..., None]
 
     skin = np.array(body.skin, dtype=np.float32)
