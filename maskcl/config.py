@@ -87,6 +87,7 @@ class TrainConfig:
     focal_gamma: float = 4.0
     allknn: int = 10  # neighbour-cluster curriculum ceiling (LTCC 10, PRCC 5, VC 3, Celeb 10)
     neighbour_loss: bool = True  # ablation switch
+    neighbour_weight: str = "authors"  # authors (their cosinematrix: ≈ cos / #clusters, the code default) | cosine
     cross_view: bool = True  # ablation switch: RGB ↔ mask instance and prototype terms
     paired_aug: bool = False  # quirk: the authors augment image and mask independently
     mask_memory_grey: bool = False  # quirk: the authors initialise the mask memory without Grayscale
@@ -245,6 +246,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     r(0 <= t.momentum < 1, source, "train.momentum", t.momentum, "0 <= momentum < 1")
     r(t.focal_gamma >= 0, source, "train.focal_gamma", t.focal_gamma, "a number >= 0")
     r(t.allknn >= 0, source, "train.allknn", t.allknn, "an integer >= 0")
+    r(t.neighbour_weight in ("cosine", "authors"), source, "train.neighbour_weight", t.neighbour_weight, "cosine or authors")
     r(t.eval_step >= 1, source, "train.eval_step", t.eval_step, "an integer >= 1")
     r(t.workers >= 0, source, "train.workers", t.workers, "an integer >= 0")
     r(t.device in DEVICES, source, "train.device", t.device, f"one of {', '.join(DEVICES)}")

@@ -342,9 +342,9 @@ class Engine:
         source = self.memories.get("fusion", self.memories["rgb"])
         idx, sim = make_neighbours(source.feats, labels.to(source.device), k)
         idx, sim = idx.to(self.device).long(), sim.to(self.device).float()
-        # true cosine weights by default; "authors" reproduces their Σ‖c‖² scaling (see
-        # losses.authors_neighbour_weights) once the config carries train.neighbour_weight
-        if getattr(t, "neighbour_weight", "cosine") == "authors":
+        # train.neighbour_weight "authors" (the default, as their code runs) scales by Σ‖c‖²
+        # (losses.authors_neighbour_weights); "cosine" keeps the true cosines
+        if t.neighbour_weight == "authors":
             sim = authors_neighbour_weights(idx, sim, source.prototypes().to(self.device))
         return idx, sim
 
