@@ -127,7 +127,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     for name in ("maskcl", "experiments"):
         logger = logging.getLogger(name)
         logger.setLevel(level)
-        logger.addHandler(handler)
+        # once per process: a second call (several runs in one process) must not double the lines
+        if not any(isinstance(h.stream, _CurrentStderr) for h in logger.handlers if isinstance(h, logging.StreamHandler)):
+            logger.addHandler(handler)
         logger.propagate = False  # Sacred's own handler sits on the root logger: no double lines
 
 

@@ -11,3 +11,17 @@ try:  # tests/ as a package (python -m pytest from the repo root)
     from tests.mongo_fixture import mongo_server  # noqa: F401
 except ImportError:  # rootdir-less import mode: tests/ itself is on sys.path
     from mongo_fixture import mongo_server  # noqa: F401
+
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _library_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process Sacred run (experiments.config.setup_logging) stops the `maskcl` and
+    `experiments` loggers propagating to the root; tests that read caplog must not depend on
+    which test ran first."""
+    for name in ("maskcl", "experiments"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
