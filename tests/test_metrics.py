@@ -177,3 +177,79 @@ def test_metric_properties(n_q: int, n_g: int, n_ids: int, levels: int, rule: st
         cmc = [out[f"rank{k}"] for k in (1, 5, 10, 20)]
         assert all(0.0 <= v <= 100.0 for v in cmc + [out["mAP"]])
         assert cmc == sorted(cmc)  # CMC is monotone
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_dtypes_and_signed_zero_ties_equal_loop(dtype) -> None:
+    """float32 packs (distance, column) into int64 keys; other dtypes take a stable argsort.
+
+    Values from a small signed set tie everywhere, and -0.0 must tie with +0.0 (a stable sort
+    compares them equal) although their bit patterns differ.
+    """
+    rng = np.random.default_rng(11)
+    levels = np.array([-2.5, -1.0, -0.0, 0.0, 1.0, 3.0])
+    for rule in ("standard", "cc"):
+        dist, q, g = random_case(rng, 40, 90, 5, None)
+        picked = levels[rng.integers(0, len(levels), dist.shape)]
+        dist = (np.round(picked) if np.dtype(dtype).kind == "i" else picked).astype(dtype)
+        keep, good = rule_masks(q, g, rule)
+        expected = loop_reference(dist, keep, good)
+        assert_same(rule_metrics(dist, q, g, rule), expected)
+        assert_same(rule_metrics(dist, q, g, rule, chunk_size=3), expected)
+        assert_same(rank_metrics(dist, keep, good), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_many_exact_ties_in_row_blocks_equal_loop(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Tiny row blocks (sequential and on a thread pool); every good item ties with items at both
+    lower and higher gallery indices (few distinct float32 values), plus queries with no match."""
+    import maskcl.eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 4 * 400 * 7)  # 7 rows a block
+    monkeypatch.setattr(metrics.torch, "get_num_threads", lambda: threads)
+    rng = np.random.default_rng(5)
+    n_q, n_g = 130, 400
+    q = Labels(rng.integers(0, 12, n_q), rng.integers(0, 4, n_q), rng.integers(0, 4, n_q))
+    g = Labels(rng.integers(0, 10, n_g), rng.integers(0, 4, n_g), rng.integers(0, 4, n_g))  # pids 10, 11: no match
+    dist = (rng.integers(0, 7, (n_q, n_g)) * np.float32(0.1) + np.float32(1.9)).astype(np.float32)
+    for rule in ("standard", "cc", "sc"):
+        keep, good = rule_masks(q, g, rule)
+        expected = loop_reference(dist, keep, good)
+        assert expected["n_skipped"] > 0
+        assert_same(rule_metrics(dist, q, g, rule), expected)
+        assert_same(rule_metrics(torch.from_numpy(dist), q, g, rule, chunk_size=50), expected)
+
+
+def test_nan_in_a_query_without_match_is_rejected() -> None:
+    q, g = Labels([1, 3], [0, 0], [0, 0]), Labels([1, 2], [1, 0], [0, 0])  # query 1 has no match
+    with pytest.raises(ValueError, match="NaN"):
+        rule_metrics(np.array([[0.2, 0.1], [np.nan, 0.1]], np.float32), q, g)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_thread_pool_is_not_reused_across_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranking pool persists between calls; a forked child (threads not inherited) builds its own."""
+    import os
+
+    import maskcl.eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 4 * 300 * 5)
+    monkeypatch.setattr(metrics.torch, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(2)
+    dist, q, g = random_case(rng, 40, 300, 5, None)
+    expected = rule_metrics(dist, q, g, "standard")
+    pid = os.fork()
+    if pid == 0:  # child: must not hang on the parent's (thread-less) pool
+        ok = rule_metrics(dist, q, g, "standard") == expected
+        os._exit(0 if ok else 1)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 20.0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("rule_metrics hung in a forked child")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -13,31 +13,41 @@ ties are not rare: ``2 − 2·cos`` in float32 moves in ~2e-7 steps near 2, so a
 most queries have a match tied with some other item. sklearn's ``average_precision_score``
 (MaskCL's code) groups tied scores instead, so the two can differ in the last digits.
 
-**Algorithm.** A per-query loop pays ~0.3-0.5 ms a query in argsort and Python overhead, and a
-full argsort of the matrix is ~4× slower than sorting values. The re-ID rules make the problem
-sparse: the items that are not plain negatives (good or junk) all carry the query's pid, ~100 a
-row, and only their positions matter. So, per block of query rows:
+**Algorithm.** A per-query loop pays ~0.7 ms a query at LTCC size in argsort and Python
+overhead, and a full argsort of the matrix is ~5× slower than sorting values. The re-ID rules make
+the problem sparse: the items that are not plain negatives (good or junk) all carry the query's
+pid, ~100 a row, and only the good items' positions matter. So, per block of query rows:
 
-1. sort the *values* of each distance row (``np.sort``, SIMD-vectorised);
-2. order the candidates (same-pid items) of each row by (distance, gallery index) — a small
-   ``[B, M]`` stable sort — and count the gallery items strictly closer than each with a
-   ``searchsorted`` into the sorted row (sorted needles);
-3. a candidate whose value occurs twice gets the equal items at a lower gallery index added
+1. sort the *values* of each distance row (``np.sort``, SIMD-vectorised; ~2/3 of the time);
+2. order the candidates (same-pid items) of each row by (distance, gallery index): float32 rows
+   pack ``(order-preserving int32 of the distance, column, good bit)`` into one int64 key per
+   candidate and sort the small ``[B, M]`` key array;
+3. count the gallery items strictly closer than each good item with a branchless binary search
+   into the sorted rows, run for all good items of the block at once (no per-row Python);
+4. a good item whose value occurs twice gets the equal items at a lower gallery index added
    (found by scanning that row), so the count is exactly its place in the stable order;
-4. subtract the junk items ranked before each good one (cumulative sum): that is the good item's
-   position in the junk-free ranking, from which AP and the first hit follow in closed form.
+5. subtract the junk items ranked before it (its slot among the ordered candidates minus the
+   good items before it): that is its position in the junk-free ranking, from which AP and the
+   first hit follow in closed form.
 
-Row blocks run on a thread pool (numpy releases the GIL while sorting and gathering). Queries
-are processed in chunks sized from a memory budget (default 256 MB, i.e. ~16 bytes per
-query × gallery element), so DeepChange's 17,527 × 62,956 test split never materialises the full
-distance matrix when features are given (:func:`rule_metrics_from_features`). The result equals a
-plain per-query loop exactly (tests and ``benchmarks/eval_metrics.py`` check it).
+Counting the gallery items per candidate bucket instead of sorting (``searchsorted`` of every
+item into the sorted candidates, per row or flattened with int64 row offsets) measured 15–20×
+slower than the value sort: numpy's binary search is branchy, the SIMD sort is not.
+
+Row blocks of ~2 MB (cache-sized) run on a thread pool (numpy releases the GIL while sorting,
+gathering and searching). Queries are processed in chunks sized from a memory budget (default
+256 MB, i.e. ~16 bytes per query × gallery element), so DeepChange's 17,527 × 62,956 test split
+never materialises the full distance matrix when features are given
+(:func:`rule_metrics_from_features`). The result equals a plain per-query loop exactly (tests and
+``benchmarks/eval_metrics.py`` check it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -55,8 +65,10 @@ DEFAULT_MEMORY_MB = 256
 # bytes of working memory per (query, gallery) element of a chunk: distances, their sorted copy,
 # and slack for the tie scan's temporaries.
 _BYTES_PER_ELEMENT = 16
-# below this many rows per block, threading costs more than it saves.
-_MIN_ROWS_PER_THREAD = 32
+# a row block's distances (and its sorted copy) should stay in a core's L2 cache (2 MB on the
+# development VM): the sort, the candidate gathers and the binary-search probes then hit cache.
+# Blocks of 1–4 MB measured ~1.3× faster than one block of the whole chunk at PRCC/DeepChange size.
+_BLOCK_BYTES = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -335,22 +347,73 @@ def _candidates_from_masks(special: np.ndarray, good: np.ndarray) -> tuple[np.nd
 def _chunk_scores(
     dist: np.ndarray, cand: np.ndarray, valid: np.ndarray, cand_good: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_block_scores` of a query chunk, its row blocks spread over a thread pool.
+    """:func:`_block_scores` of a query chunk, in cache-sized row blocks spread over a thread pool.
 
-    numpy releases the GIL in the heavy steps (sort, gathers, cumulative sums), so blocks run in
-    parallel. Blocks outnumber threads (up to 4 per thread) so that on a shared machine a thread
-    scheduled late does not hold the others up.
+    numpy releases the GIL in the heavy steps (sort, gathers, the binary search), so blocks run
+    in parallel, and blocks outnumber threads so that on a shared machine a thread scheduled late
+    does not hold the others up. A single block (small inputs) runs on the calling thread. The
+    pool is process-wide (:func:`_pool`) so that its threads keep their sort buffers between calls.
     """
     n_rows = dist.shape[0]
-    n_threads = max(1, min(torch.get_num_threads(), n_rows // _MIN_ROWS_PER_THREAD))
-    if n_threads == 1:
+    rows_per_block = max(1, _BLOCK_BYTES // max(1, dist.itemsize * dist.shape[1]))
+    n_blocks = max(1, -(-n_rows // rows_per_block))
+    if n_blocks == 1:
         return _block_scores(dist, cand, valid, cand_good)
-    n_blocks = min(4 * n_threads, max(1, n_rows // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, n_rows, n_blocks + 1).astype(int)
+    n_threads = min(torch.get_num_threads(), n_blocks)
+    n_blocks = min(n_rows, -(-n_blocks // n_threads) * n_threads)  # equal shares: no thread idles at the end
+    bounds = np.linspace(0, n_rows, n_blocks + 1).astype(int).tolist()
     blocks = [slice(bounds[i], bounds[i + 1]) for i in range(n_blocks)]
-    with ThreadPoolExecutor(n_threads) as pool:
-        parts = list(pool.map(lambda b: _block_scores(dist[b], cand[b], valid[b], cand_good[b]), blocks))
+
+    def score(b: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _block_scores(dist[b], cand[b], valid[b], cand_good[b])
+
+    if n_threads == 1:
+        parts = [score(b) for b in blocks]
+    else:
+        parts = list(_pool(n_threads).map(score, blocks))
     return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_SCRATCH = threading.local()
+
+
+def _new_lock_after_fork() -> None:
+    global _POOLS_LOCK
+    _POOLS_LOCK = threading.Lock()  # another thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def _pool(n_threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool per thread count: its threads (and their sort buffers) outlive a call.
+
+    Keyed by process id as well: a forked child inherits the pool object but not its threads, so
+    it must not reuse it (its tasks would never run).
+    """
+    key = (os.getpid(), n_threads)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(n_threads, thread_name_prefix="maskcl-rank")
+        return _POOLS[key]
+
+
+def _sorted_rows(dist: np.ndarray) -> np.ndarray:
+    """Each row of ``dist [B, Ng]`` sorted, in this thread's scratch buffer (valid until its next call).
+
+    Reusing one buffer per thread avoids fresh memory per block: on the development VM a first
+    touch costs ~4 µs per 4 KB page, i.e. ~2 ms per 2 MB block, paid again in every early call.
+    """
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.dtype != dist.dtype or buf.size < dist.size:
+        buf = _SCRATCH.buf = np.empty(dist.size, dtype=dist.dtype)
+    out = buf[: dist.size].reshape(dist.shape)
+    np.copyto(out, dist)
+    out.sort(axis=1)
+    return out
 
 
 def _block_scores(
@@ -362,8 +425,11 @@ def _block_scores(
     ascending column order, padded (``valid`` False); ``cand_good: [B, M]`` which of them are good.
     Every other column is a kept non-match. The order is (distance, gallery index): an item is
     ranked before candidate ``c`` of distance ``v`` if its distance is ``< v``, or ``== v`` and its
-    column is lower. The small ``[B, M]`` work runs in numpy: on a busy machine every torch op on
-    CPU pays a thread-pool synchronisation that costs more than the op itself.
+    column is lower. Only the good items' positions are computed: a good item's position in the
+    junk-free ranking is ``#items before it − #junk items before it``, and the junk items before it
+    are the candidates before it that are not good. The small ``[B, M]`` work runs in numpy: on a
+    busy machine every torch op on CPU pays a thread-pool synchronisation that costs more than the
+    op itself.
     """
     n_rows, n_gallery = dist.shape
     cand_good = cand_good & valid
@@ -371,60 +437,122 @@ def _block_scores(
     has_match = n_good > 0
     ap = np.zeros(n_rows, dtype=np.float64)
     first = np.full(n_rows, n_gallery, dtype=np.int64)
-    if not has_match.any():
+    if n_rows == 0:
         return ap, first, has_match
-    sorted_rows = np.sort(dist, axis=1)  # [B, Ng] values (SIMD sort); NaN sorts last
-    if not np.isfinite(sorted_rows[:, [0, -1]]).all():
+    if not has_match.all():  # a row without a good item needs no ranking (it is skipped)
+        idle = dist[~has_match]
+        if idle.size and not (np.isfinite(idle.min()) and np.isfinite(idle.max())):
+            raise ValueError("distance matrix contains NaN or Inf")
+        rows = np.flatnonzero(has_match)
+        if rows.size:
+            ap[rows], first[rows], _ = _block_scores(dist[rows], cand[rows], valid[rows], cand_good[rows])
+        return ap, first, has_match
+
+    sorted_rows = _sorted_rows(dist)  # [B, Ng] values (SIMD sort): the one O(Ng log Ng) step; NaN sorts last
+    if not (np.isfinite(sorted_rows[:, 0]).all() and np.isfinite(sorted_rows[:, -1]).all()):
         raise ValueError("distance matrix contains NaN or Inf")
-    width = cand.shape[1]
-    row_base = np.arange(n_rows)[:, None]
-    d_cand = dist.ravel().take(cand + row_base * n_gallery)  # [B, M]
-    d_cand[~valid] = np.inf
-    order = np.argsort(d_cand, axis=1, kind="stable")  # (distance, column): candidates ascend by column
-    flat = (order + row_base * width).ravel()  # one flat gather index for the four [B, M] arrays
-    d_s = d_cand.ravel().take(flat).reshape(order.shape)
-    cand_s = cand.ravel().take(flat).reshape(order.shape)
-    good_s = cand_good.ravel().take(flat).reshape(order.shape)
-    junk_s = (valid & ~cand_good).ravel().take(flat).reshape(order.shape)
+    # goods in (row, distance, column) order, flat [G]: row, slot among the row's candidates, value
+    row, slot, value, column = _ordered_goods(dist, cand, valid, cand_good)
+    bounds = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(n_good, out=bounds[1:])
+    hits = np.arange(1, row.size + 1) - bounds[row]  # 1-based index among the row's goods
 
-    before = np.empty(cand.shape, dtype=np.int64)  # items strictly closer than each candidate
-    # one O(M log Ng) call per row with sorted needles: numpy has no batched searchsorted, and
-    # torch's batched one measured no faster on CPU (it pays a thread-pool hand-off)
-    for i, (haystack, needles) in enumerate(zip(sorted_rows, d_s)):
-        before[i] = haystack.searchsorted(needles)
-    following = sorted_rows.ravel().take((np.minimum(before + 1, n_gallery - 1) + row_base * n_gallery).ravel())
-    tied = good_s & (before + 1 < n_gallery) & (following.reshape(before.shape) == d_s)  # equal value elsewhere
+    before = _count_below(sorted_rows, row, value)  # items strictly closer than each good item
+    after = np.minimum(before + 1, n_gallery - 1)
+    tied = (before + 1 < n_gallery) & (sorted_rows.ravel().take(after + row * n_gallery) == value)  # value occurs twice
     if tied.any():
-        before += _equal_before(dist, cand_s, d_s, tied)
+        before[tied] += _equal_before(dist, row[tied], column[tied], value[tied])
 
-    junk_before = np.cumsum(junk_s, 1) - junk_s
-    position = before - junk_before  # 0-based position in the junk-free ranking (used for good items)
-    hits = np.cumsum(good_s, 1)
-    precision = np.divide(hits, position + 1.0, out=np.zeros(position.shape), where=good_s)
-    ap = precision.sum(1) / np.maximum(n_good, 1)
-    first = np.where(good_s, position, n_gallery).min(1)
+    position = before - (slot - (hits - 1))  # 0-based position in the junk-free ranking
+    ap[:] = np.bincount(row, weights=hits / (position + 1.0), minlength=n_rows) / n_good
+    first[:] = position[bounds[:-1]]
     return ap, first, has_match
 
 
-def _equal_before(dist: np.ndarray, cand: np.ndarray, value: np.ndarray, tied: np.ndarray) -> np.ndarray:
-    """``[B, M]``: for tied candidates, the items of equal distance at a lower column (else 0).
+def _count_below(sorted_rows: np.ndarray, row: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``[G]`` int64: how many items of ``sorted_rows[row[g]]`` are ``< value[g]``, all at once.
+
+    A branchless binary search (Shar's) run as ~log2(Ng) whole-array numpy steps instead of one
+    ``searchsorted`` call per row: ~2× less CPU and no per-row Python, so the thread pool's
+    blocks do not queue for the GIL. Each value must occur in its row (a good item's own
+    distance), so the count is at most ``Ng − 1`` and every probe stays inside the row.
+    """
+    n_gallery = sorted_rows.shape[1]
+    flat = sorted_rows.ravel()
+    index_type = np.int32 if flat.size < 2**31 else np.int64
+    base = row.astype(index_type) * index_type(n_gallery)
+    top = 1 << (n_gallery.bit_length() - 1)  # the largest power of two ≤ Ng
+    # first probe at top − 1; if it is below the value, the count lies in [Ng − top, Ng − 1]
+    cur = base + (flat.take(base + (top - 1)) < value) * index_type(n_gallery - top)
+    step = top >> 1
+    while step:
+        cur += (flat.take(cur + (step - 1)) < value) * index_type(step)
+        step >>= 1
+    return (cur - base).astype(np.int64)
+
+
+_PAD_KEY = np.iinfo(np.int64).max - 1  # even: reads as "not good"; above every finite float32 key
+
+
+def _ordered_goods(
+    dist: np.ndarray, cand: np.ndarray, valid: np.ndarray, cand_good: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Order each row's candidates by (distance, column); return the good ones flat ``[G]``.
+
+    Returns ``row``, ``slot`` (index among the row's ordered candidates, so ``slot − #goods
+    before`` is the number of junk items ranked before it), ``value`` (its distance) and
+    ``column``, row-major and ascending within a row. float32 (the usual case) packs each
+    candidate into one int64 key ``(order-preserving int32 of the distance, column, good bit)``
+    and sorts the keys (SIMD integer sort); other dtypes take a stable argsort of the values.
+    """
+    n_rows, n_gallery = dist.shape
+    row_base = np.arange(n_rows)[:, None]
+    d_cand = dist.ravel().take(cand + row_base * n_gallery)  # [B, M]
+    if dist.dtype == np.float32 and n_gallery < 2**31:
+        d_cand += np.float32(0.0)  # -0.0 → +0.0: equal values must get equal keys
+        bits = d_cand.view(np.int32)
+        key = (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)  # float order → int order
+        key <<= 32
+        key |= cand << 1
+        key |= cand_good
+        key[~valid] = _PAD_KEY
+        key.sort(axis=1)
+        flat = np.flatnonzero((key & 1) == 1)  # (1-D nonzero + divmod is ~3× faster than 2-D nonzero)
+        row, slot = np.divmod(flat, key.shape[1])
+        good_keys = key.ravel().take(flat)
+        column = (good_keys >> 1) & 0x7FFFFFFF
+        high = (good_keys >> 32).astype(np.int32)
+        value = (high ^ ((high >> 31) & np.int32(0x7FFFFFFF))).view(np.float32)  # the key's inverse
+        return row, slot, value, column
+    if d_cand.dtype.kind == "f":
+        d_cand[~valid] = np.inf
+    else:
+        d_cand[~valid] = np.iinfo(d_cand.dtype).max if d_cand.dtype.kind in "iu" else d_cand.max(initial=0)
+    order = np.argsort(d_cand, axis=1, kind="stable")  # candidates ascend by column, padding is last
+    flat = np.flatnonzero(np.take_along_axis(cand_good, order, 1))
+    row, slot = np.divmod(flat, order.shape[1])
+    picked = order.ravel().take(flat) + row * order.shape[1]
+    return row, slot, d_cand.ravel().take(picked), cand.ravel().take(picked)
+
+
+def _equal_before(dist: np.ndarray, row: np.ndarray, column: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``[T]``: for tied good items, the items of equal distance at a lower column of their row.
 
     float32 distances tie on large galleries (``2 − 2·cos`` rounds to ~2e-7 near 2), so ties are
-    resolved exactly here by counting equal values left of the candidate's column in its row.
-    Typically a candidate in a few rows ties (fewer still when ranking by ``−cos``, see
+    resolved exactly here by counting equal values left of the item's column in its row.
+    Typically a good item in a few rows ties (fewer still when ranking by ``−cos``, see
     :func:`rule_metrics_from_features`); degenerate inputs (e.g. identical features) tie
-    everywhere and are scanned as ``[≤B, Ng]`` blocks instead of one call per candidate.
+    everywhere and are scanned as ``[≤B, Ng]`` blocks instead of one call per item.
     """
     n_rows = dist.shape[0]
-    extra = np.zeros(cand.shape, dtype=np.int64)
-    rows, slots = np.nonzero(tied)
-    if rows.size <= 4 * n_rows:
-        for r, k in zip(rows.tolist(), slots.tolist()):
-            extra[r, k] = np.count_nonzero(dist[r, : cand[r, k]] == value[r, k])
-        return extra
-    column = np.arange(dist.shape[1])
-    for s in range(0, rows.size, max(1, n_rows)):
-        r, k = rows[s : s + n_rows], slots[s : s + n_rows]
-        equal = (dist[r] == value[r, k][:, None]) & (column[None, :] < cand[r, k][:, None])  # [T, Ng]
-        extra[r, k] = equal.sum(1)
+    if row.size <= 4 * n_rows:
+        return np.array(
+            [np.count_nonzero(dist[r, :c] == v) for r, c, v in zip(row.tolist(), column.tolist(), value.tolist())],
+            dtype=np.int64,
+        )
+    extra = np.empty(row.size, dtype=np.int64)
+    columns = np.arange(dist.shape[1])
+    for s in range(0, row.size, max(1, n_rows)):
+        r, c, v = row[s : s + n_rows], column[s : s + n_rows], value[s : s + n_rows]
+        extra[s : s + n_rows] = ((dist[r] == v[:, None]) & (columns[None, :] < c[:, None])).sum(1)
     return extra
