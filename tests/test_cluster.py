@@ -92,6 +92,31 @@ def test_sparse_jaccard_equals_dense_textbook(n, k1, k2, spread, variant):
     assert got.nnz == int((expected < 1 - 1e-9).sum())
 
 
+@pytest.mark.parametrize("block_bins", [1, 37, 1 << 19])
+def test_overlap_step_equals_plain_min_sums(block_bins):
+    """The pair-overlap step alone, on random sparse rows (ties and shared columns included),
+    against ``Σ_l min(V[i,l], V[j,l])`` summed densely; blocks of one row up to one block."""
+    from maskcl.cluster.jaccard import _jaccard_upper
+
+    rng = np.random.default_rng(block_bins)
+    n = 70
+    dense = np.where(rng.random((n, n)) < 0.12, rng.random((n, n)), 0.0)
+    dense[5] = 0.0  # empty rows, also at the end
+    dense[-2:] = 0.0
+    dense[7, :] = dense[8, :]  # identical rows: distance exactly 0
+    dense[9, 3] = dense[10, 3] = 0.25  # a tie in one column
+    dense /= np.maximum(dense.sum(1, keepdims=True), 1e-300)  # rows sum to one like V
+    got = _jaccard_upper(sp.csr_matrix(dense), block_bins=block_bins)
+    s = np.minimum(dense[:, None, :], dense[None, :, :]).sum(axis=2)
+    expected = np.maximum(1.0 - s / (2.0 - s), 0.0)
+    shared = (dense[:, None, :] > 0) & (dense[None, :, :] > 0)
+    upper = np.triu(shared.any(axis=2))
+    assert got.has_sorted_indices
+    np.testing.assert_array_equal(to_dense(got) < 1, upper)
+    np.testing.assert_allclose(to_dense(got)[upper], expected[upper], atol=1e-6)
+    assert got.dtype == np.float32 and got[7, 8] == 0.0
+
+
 def test_sparse_jaccard_is_symmetric_with_zero_diagonal():
     x, _ = blobs(100, 16, 8, 1.0, seed=3)
     d = jaccard_distance(x, 10, 3)
@@ -277,9 +302,29 @@ def test_knn_self_first_with_duplicate_features():
 def test_approx_knn_recall_on_clustered_features():
     x, _ = blobs(1000, 256, 50, 1.0, seed=8)
     _, exact = knn(x, 20, backend="torch")
-    _, approx = knn(x, 20, backend="torch", mode="approx", pca_dim=32)
+    sims, approx = knn(x, 20, mode="approx")
     assert recall_at_k(approx, exact) > 0.95
     np.testing.assert_array_equal(approx[:, 0], np.arange(1000))
+    # similarities are exact cosines, rows sorted by decreasing similarity
+    np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", x, x[approx]), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+    assert (approx != np.arange(1000)[:, None])[:, 1:].all()  # self only once
+
+
+@pytest.mark.parametrize("nlist,nprobe", [(4, 4), (60, 1), (300, 2)])
+def test_approx_knn_knobs(nlist, nprobe):
+    x, _ = blobs(600, 64, 30, 0.8, seed=10)
+    _, exact = knn(x, 12, backend="torch")
+    sims, approx = knn(x, 12, mode="approx", nlist=nlist, nprobe=nprobe, kmeans_iters=3, seed=1)
+    assert approx.shape == (600, 12) and np.isfinite(sims).all()
+    np.testing.assert_array_equal(approx[:, 0], np.arange(600))
+    # every row holds 12 distinct samples, even where the probed lists hold fewer than k
+    srt = np.sort(approx, axis=1)
+    assert (np.diff(srt, axis=1) > 0).all()
+    if nprobe == nlist:  # every list probed: exact
+        np.testing.assert_array_equal(approx, exact)
+    else:
+        assert recall_at_k(approx, exact) > 0.8
 
 
 # ---------------------------------------------------------------- neighbours
