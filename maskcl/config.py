@@ -101,7 +101,7 @@ class TrainConfig:
 class ClusterConfig:
     refine: bool = True  # the authors' --cr cluster refinement (on in every published run)
     ratio_cluster: float = 1.0
-    knn: str = "exact"  # exact | approx (PCA-reduced candidates re-ranked exactly)
+    knn: str = "exact"  # exact | approx (IVF search over k-means lists; exact cosines of what it finds)
     backend: str = "auto"  # auto (= torch: faster than faiss here) | faiss | torch
 
 
