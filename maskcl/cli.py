@@ -24,6 +24,7 @@ log = logging.getLogger("maskcl")
 # subcommand modules, imported lazily so `maskcl --help` does not pay for torch
 COMMAND_MODULES = (
     "maskcl.data.synthetic_command",
+    "maskcl.data.command",
     "maskcl.masks.command",
     "maskcl.engine.command",
     "maskcl.report.command",
