@@ -38,7 +38,7 @@ PROTOCOL_MEANINGS: dict[str, str] = {
     "standard": "standard: a gallery image of the query's identity taken by the query's camera is excluded",
     "cc": "cc (clothes-changing): also excludes gallery images of the query's identity in the query's clothes",
     "sc": "sc (same-clothes): only gallery images of the query's identity in the query's clothes count as matches",
-    "ltcc_cc_maskcl": "ltcc_cc_maskcl: MaskCL code's LTCC setting: query and gallery cut to the 45 cloth-change ids, cc rule",
+    "ltcc_cc_maskcl": "ltcc_cc_maskcl: MaskCL code's LTCC setting: query and gallery cut to the ids of info/cloth-change_id_test.txt (45 on LTCC), cc rule",
     "prcc_cc": "prcc_cc: PRCC C (changed clothes) queries against all of test/A (multi-shot)",
     "prcc_sc": "prcc_sc: PRCC B (same clothes) queries against all of test/A (multi-shot)",
     "prcc_cc_single_shot": "prcc_cc_single_shot: MaskCL code's PRCC setting: C queries against one random A image per id, mean of 10 seeded draws",
