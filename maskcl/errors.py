@@ -16,6 +16,27 @@ class MaskclError(Exception):
 
     exit_code: int = 2
 
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker re-raises our error in the main process as ``cls(<worker traceback>)``;
+        # keep only the original one-line message so the CLI still prints one line.
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_unwrap_worker_message(args[0], type(self)),)
+        super().__init__(*args)
+
+
+def _unwrap_worker_message(text: str, cls: type) -> str:
+    """The original message inside torch's "Caught X in DataLoader worker process N" text."""
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    lines = text.rstrip("\n").split("\n")
+    worker = lines[0].removeprefix("Caught ").rstrip(".")
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        for i in range(len(lines) - 1, 0, -1):
+            if lines[i].startswith(prefix):
+                message = " ".join(line.strip() for line in lines[i:]).removeprefix(prefix)
+                return f"{message} [{worker.split(' in ', 1)[-1]}]" if " in " in worker else message
+    return text
+
 
 class ConfigError(MaskclError):
     """A configuration key is unknown, of the wrong type or out of range."""

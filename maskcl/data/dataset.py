@@ -16,14 +16,24 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from maskcl.data.records import Record, mask_path_for
-from maskcl.errors import DatasetError
+from maskcl.errors import DatasetError, MaskError, MaskclError
 
-def load_rgb(path: Path) -> Image.Image:
+
+def load_rgb(path: Path, what: str = "image", error: type[MaskclError] = DatasetError) -> Image.Image:
+    """Decode ``path`` as RGB; a truncated or non-image file is one ``error`` naming the file.
+
+    ``convert`` forces the full decode, so a file cut short fails here (inside ``__getitem__``)
+    rather than as a bare PIL traceback later.
+    """
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"image '{path}' cannot be read: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises SyntaxError for some corrupt headers
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise error(
+            f"{what} '{path}' cannot be read ({type(exc).__name__}: {reason}); expected a readable image "
+            "file (PNG/JPEG) — replace or remove it"
+        ) from None
 
 
 def mask_paths(records: Sequence[Record], dataset_root: Path, mask_root: Path) -> list[Path]:
@@ -80,7 +90,7 @@ class TrainPairs(Dataset):
         image = load_rgb(self.image_paths[index])
         if self.mask_paths is None:
             return self.image_transform(image), torch.empty(0), self.labels[index], index
-        mask = load_rgb(self.mask_paths[index])
+        mask = load_rgb(self.mask_paths[index], "mask", MaskError)
         if self.paired is not None:
             image_t, mask_t = self.paired(image, mask)
         else:
