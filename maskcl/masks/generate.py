@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from maskcl.data.records import Record, mask_path_for
-from maskcl.errors import ConfigError, MaskError, MaskclError, where
+from maskcl.errors import ConfigError, DatasetError, MaskError, MaskclError, where
 from maskcl.masks.labels import MASK_MODES, get_label_set, kept_ids, parsing_to_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -404,14 +404,32 @@ def check_masks(
             "make them with `maskcl masks` (or `dvc repro masks`)"
         )
     if check_size:
-        wrong = []
+        wrong: list[str] = []
         for record, path in zip(records, paths):
-            if image_size(path) != image_size(record.path):
-                wrong.append(path)
+            try:
+                mask_size = image_size(path)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise MaskError(
+                    f"mask {where(path)} cannot be read ({type(exc).__name__}: {exc}); expected a readable PNG — "
+                    "remake the masks with `maskcl masks --force`"
+                ) from None
+            try:
+                size = image_size(record.path)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DatasetError(
+                    f"image {where(record.path)} cannot be read ({type(exc).__name__}: {exc}); expected a readable "
+                    "image file (PNG/JPEG) — replace or remove it"
+                ) from None
+            if mask_size != size:
+                wrong.append(
+                    f"{where(path)} is {mask_size[0]}x{mask_size[1]} "
+                    f"but image {where(record.path)} is {size[0]}x{size[1]}"
+                )
         if wrong:
+            shown = "; ".join(wrong[:SHOW]) + (f"; … (+{len(wrong) - SHOW} more)" if len(wrong) > SHOW else "")
             raise MaskError(
-                f"{len(wrong)} mask(s) under {where(mask_root)} differ in size from their images: {_first(wrong)}; "
-                "remake them with `maskcl masks --force`"
+                f"{len(wrong)} mask(s) under {where(mask_root)} differ in size from their images (WxH): {shown}; "
+                "expected each mask the size of its image — remake them with `maskcl masks --force`"
             )
     return paths
 
