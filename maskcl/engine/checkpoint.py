@@ -9,6 +9,7 @@ flushed, then ``os.replace``-d, so a kill mid-write leaves the previous checkpoi
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -29,16 +30,45 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, exc)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({**state, "format": FORMAT}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # never leave a partial temp file; `path` is untouched
+        cause = _os_error(exc)
+        if cause is not None:
+            raise CheckpointError(_write_failure(path, cause)) from exc
         raise
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: torch.save reports a failed handle write as a RuntimeError
+    whose ``__context__`` is the OSError (e.g. ENOSPC)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "the disk is full (no space left on device)"
+        fix = "free space or train into a --out folder on another disk, then re-run to resume"
+    else:
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+        fix = "check the folder is writable, then re-run to resume"
+    return f"cannot write checkpoint '{path}': {reason}; any previous checkpoint there is unchanged — {fix}"
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
