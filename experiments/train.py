@@ -21,7 +21,8 @@ The checkpoint folder (``io.out_dir``, a DVC ``persist: true`` output) is never 
 Resume (kill -9, power loss): ``fit`` resumes from ``out_dir/last.pt``. This module writes
 ``out_dir/sacred_run.json`` (run ids, config, data hash) at the start of each run; the next run
 resumes only if that config and data hash are identical — a checkpoint left by another config
-(DVC keeps the persisted folder across ``dvc exp run -S eps=...``) is discarded, never continued.
+(DVC keeps the persisted folder across ``dvc exp run -S eps=...``) is set aside as
+``<out_dir>.superseded-run<id>``, never continued and never deleted.
 A resuming run records ``info.resumed_from_run`` and marks the dead run INTERRUPTED in the file
 store (and MongoDB), which otherwise stays RUNNING with a stale heartbeat forever.
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,13 +199,25 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
             changes = config_changes(previous.get("config") or {}, marker["config"])
             if previous.get("data_hash") != marker["data_hash"]:
                 changes.append(f"data hash {previous.get('data_hash')!r} → {marker['data_hash']!r}")
+            # moved aside, never deleted: a killed run's checkpoint is in no DVC cache yet
+            kept = _set_aside(out_dir, previous.get("sacred_run_id"))
             log.warning(
-                "%s was left by Sacred run %s with other settings (%s); starting from scratch",
-                checkpoint, previous.get("sacred_run_id"), "; ".join(changes[:5]),
+                "%s was left by Sacred run %s with other settings (%s); starting from scratch "
+                "(the old folder is kept as %s; delete it when you no longer need it)",
+                checkpoint, previous.get("sacred_run_id"), "; ".join(changes[:5]), kept,
             )
-            shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return marker
+
+
+def _set_aside(out_dir: Path, run_id: Any) -> Path:
+    """Rename ``out_dir`` to a free sibling ``<name>.superseded-run<id>[-k]`` and return it."""
+    base = out_dir.with_name(f"{out_dir.name}.superseded-run{run_id if run_id is not None else 'unknown'}")
+    target, k = base, 1
+    while target.exists():
+        target, k = base.with_name(f"{base.name}-{k}"), k + 1
+    out_dir.rename(target)
+    return target
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

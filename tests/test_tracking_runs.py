@@ -301,3 +301,7 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, engine: Fak
     run = run_experiment(train.ex, tmp_path / "runs", {**small_updates(tmp_path), "eps": 0.55}, named=(str(PARAMS),))
     assert [c["start"] for c in engine.fit_calls] == [0, 0]
     assert "resumed_from_run" not in run.info
+    # the first run's folder is set aside, never deleted (a killed run is in no DVC cache)
+    kept = tmp_path / "generated" / "train.superseded-run1"
+    assert json.loads((kept / "last.pt").read_text()) == {"epoch": 3}
+    assert json.loads((tmp_path / "generated" / "train" / "last.pt").read_text()) == {"epoch": 3}
