@@ -40,6 +40,7 @@ ex = configure(
     {
         "checkpoint": "generated/train/last.pt",  # written by the train stage
         "metrics": "results/metrics.json",  # DVC metrics of the pipeline
+        "features": "results/features.npz",  # query/gallery features for `maskcl visualize` ("" = none)
     },
 )
 
@@ -68,7 +69,8 @@ def evaluate_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[st
 
     timer = Timer()
     with timer.section("evaluate"):
-        metrics = plain_metrics(engine.evaluate_checkpoint(cfg, checkpoint))
+        features = io.get("features") or None
+        metrics = plain_metrics(engine.evaluate_checkpoint(cfg, checkpoint, features_out=features))
     run.info["timings"] = timer.timings
     run.info["device_details"] = device_info(cfg.train.device)  # torch is imported by now: CUDA name
     run.info["device"] = device_name(run.info["device_details"])

@@ -62,6 +62,10 @@ class TrainingError(MaskclError):
     """Training cannot go on (e.g. a non-finite loss); the message names the last good checkpoint."""
 
 
+class FeaturesError(MaskclError):
+    """A saved features file is missing, unreadable or inconsistent."""
+
+
 class OutputExistsError(MaskclError):
     """An output folder already holds files and ``--force`` was not given."""
 

@@ -14,6 +14,7 @@ from report_runs import write_runs
 from maskcl.report.plots import plot_sweep, plot_training
 from maskcl.report.records import ReportError, filter_records
 from maskcl.report.stores import read_dvc_exps, read_file_store
+from maskcl.errors import FeaturesError
 from maskcl.report.visualize import (
     GREEN,
     RED,
@@ -128,7 +129,7 @@ def test_features_npz_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.gallery_feats, g_feats)
     broken = tmp_path / "broken.npz"
     np.savez(broken, query_feats=q_feats)
-    with pytest.raises(ReportError, match="missing array"):
+    with pytest.raises(FeaturesError, match="missing array"):
         load_features(broken)
 
 

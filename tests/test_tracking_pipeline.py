@@ -90,6 +90,8 @@ def test_dvc_repro_then_an_eps_experiment(tmp_path: Path) -> None:
     metrics = json.loads((repo / "results/metrics.json").read_text())
     assert metrics["dataset"] == "synthetic" and metrics["protocols"] and isinstance(metrics["sacred_run_id"], int)
     assert (repo / "results/train/epochs.csv").read_text().startswith("epoch,")
+    for output in ("results/features.npz", "results/plots/retrieval.png", "results/tables/main.tex"):
+        assert (repo / output).stat().st_size > 0, output
     runs = repo / "runs" / "sacred"
     assert json.loads((runs / str(metrics["sacred_run_id"]) / "run.json").read_text())["status"] == "COMPLETED"
     git("add", "-A")

@@ -54,7 +54,7 @@ class FakeEngine:
         logger.log_info("device", "cpu (fake)")
         return SimpleNamespace(metrics=FINAL, history=history, epochs=cfg.train.epochs, checkpoint=state_file)
 
-    def evaluate_checkpoint(self, cfg: Any, checkpoint: Path) -> dict[str, dict[str, Any]]:
+    def evaluate_checkpoint(self, cfg: Any, checkpoint: Path, features_out: Any = None) -> dict[str, dict[str, Any]]:
         self.eval_calls.append(Path(checkpoint))
         return {p: {k: (np.float32(v) if isinstance(v, float) else v) for k, v in m.items()} for p, m in FINAL.items()}
 

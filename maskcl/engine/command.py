@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by `maskcl train`")
     evaluate.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
+    evaluate.add_argument(
+        "--features", type=Path, default=None, help="also save query/gallery features (.npz) for `maskcl visualize`"
+    )
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -48,7 +51,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from maskcl.engine.trainer import evaluate_checkpoint
 
     cfg = config_from_args(args)
-    metrics = evaluate_checkpoint(cfg, args.checkpoint)
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, features_out=args.features)
     text = json.dumps(metrics, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -517,8 +517,19 @@ def best_on_test(history: list[dict[str, Any]], protocols) -> dict[str, Any] | N
 
 
 @torch.no_grad()
-def evaluate_model(model: TwoBranchNet, splits: DatasetSplits, cfg: Config, device: torch.device, amp: bool = False):
-    """Extract RGB ``f`` for query ∪ gallery once and score every protocol of the dataset."""
+def evaluate_model(
+    model: TwoBranchNet,
+    splits: DatasetSplits,
+    cfg: Config,
+    device: torch.device,
+    amp: bool = False,
+    features_out: Path | None = None,
+):
+    """Extract RGB ``f`` for query ∪ gallery once and score every protocol of the dataset.
+
+    ``features_out``: also save the features in :mod:`maskcl.eval.features` format (for
+    ``maskcl visualize``).
+    """
     model.eval()
     paths = list(dict.fromkeys([r.path for r in splits.query] + [r.path for r in splits.gallery]))
     row = {p: i for i, p in enumerate(paths)}
@@ -528,6 +539,10 @@ def evaluate_model(model: TwoBranchNet, splits: DatasetSplits, cfg: Config, devi
     ).cpu()
     query = feats[[row[r.path] for r in splits.query]]
     gallery = feats[[row[r.path] for r in splits.gallery]]
+    if features_out is not None:
+        from maskcl.eval.features import save_features
+
+        save_features(features_out, query.numpy(), gallery.numpy(), splits.query, splits.gallery, root=splits.root)
     return score(query, gallery, splits, cfg)
 
 
@@ -540,12 +555,18 @@ def fit(cfg: Config, out_dir: str | Path, logger: RunLogger | None = None) -> Tr
     return engine.run()
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> dict[str, dict[str, float]]:
-    """Score a checkpoint written by :func:`fit` on ``cfg``'s dataset (RGB branch only)."""
+def evaluate_checkpoint(
+    cfg: Config, checkpoint: str | Path, features_out: str | Path | None = None
+) -> dict[str, dict[str, float]]:
+    """Score a checkpoint written by :func:`fit` on ``cfg``'s dataset (RGB branch only);
+    ``features_out`` also saves the query/gallery features for retrieval pictures."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     device = resolve_device(cfg.train.device)
     model = build_network(cfg.replace(**{"model.pretrained": "none"})).to(device)
     load_model_state(model, state["model"], checkpoint)
     splits = load_splits(cfg)
-    return evaluate_model(model, splits, cfg, device, cfg.train.amp and device.type == "cuda")
+    return evaluate_model(
+        model, splits, cfg, device, cfg.train.amp and device.type == "cuda",
+        features_out=Path(features_out) if features_out is not None else None,
+    )

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "visualize",
         help="retrieval picture: queries and their top-k gallery images",
         description="Draw each chosen query and its top-k gallery images (green = same identity, red = wrong), "
-        "with the clothes id under each, from a features .npz (see maskcl.report.visualize).",
+        "with the clothes id under each, from a features .npz (format: maskcl.eval.features).",
     )
     vis.add_argument("--features", type=Path, required=True, help="features .npz written by the evaluate step")
     vis.add_argument("--queries", default="5", help="N random queries, or indices '3,17,42' (one index: '=7')")
