@@ -83,3 +83,22 @@ def test_cli_set_override_is_validated(tmp_path: Path, capsys: pytest.CaptureFix
     params.write_text("seed: 1\n")
     code = main(["synth", "--params", str(params), "--set", "k2=99", "--out", str(tmp_path / "o")])
     assert code == 2 and "'k2' is 99" in capsys.readouterr().err
+
+
+def test_params_yaml_has_no_duplicate_keys() -> None:
+    """YAML keeps the last of two equal keys silently; `dvc exp run -S` would edit only one."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        keys = [loader.construct_object(key) for key, _ in node.value]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        assert not duplicates, f"params.yaml repeats {duplicates} (line {node.start_mark.line + 1})"
+        return loader.construct_mapping(node)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    data = yaml.load(params.read_text(), Loader=StrictLoader)  # noqa: S506 - SafeLoader subclass
+    assert Config.from_dict(data, source=str(params)).dataset.name == "synthetic"
