@@ -21,7 +21,11 @@ import pytest
 @pytest.fixture(autouse=True)
 def _library_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
     """An in-process Sacred run (experiments.config.setup_logging) stops the `maskcl` and
-    `experiments` loggers propagating to the root; tests that read caplog must not depend on
-    which test ran first."""
+    `experiments` loggers propagating to the root, and a logging dictConfig may disable existing
+    loggers; tests that read caplog must not depend on which test ran first."""
     for name in ("maskcl", "experiments"):
         monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    # a dictConfig elsewhere in the process (disable_existing_loggers) may have disabled them
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] in ("maskcl", "experiments") and isinstance(logger, logging.Logger):
+            monkeypatch.setattr(logger, "disabled", False)
