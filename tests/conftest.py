@@ -21,8 +21,12 @@ import pytest
 @pytest.fixture(autouse=True)
 def _library_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
     """An in-process Sacred run (experiments.config.setup_logging) stops the `maskcl` and
-    `experiments` loggers propagating to the root, and a logging dictConfig may disable existing
-    loggers; tests that read caplog must not depend on which test ran first."""
+    `experiments` loggers propagating to the root, Sacred's `--loglevel` raises the root level, and
+    a logging dictConfig may disable existing loggers; tests that read caplog must not depend on
+    which test ran first."""
+    # Sacred's `--loglevel` (run in module-scoped fixtures too) sets the root logger's level:
+    # every test starts from logging's default, WARNING
+    monkeypatch.setattr(logging.root, "level", logging.WARNING)
     for name in ("maskcl", "experiments"):
         monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     # a dictConfig elsewhere in the process (disable_existing_loggers) may have disabled them
