@@ -206,6 +206,20 @@ def write_csv(path: Path, rows: list[dict[str, Any]], first: str = "epoch") -> N
     os.replace(tmp, path)
 
 
+def code_digest(root: Path | None = None) -> str:
+    """sha256 of the training code (``maskcl/**/*.py`` and ``experiments/*.py``).
+
+    A checkpoint is resumed only by the code that wrote it: after a change to the library (a
+    loss fix, say) DVC re-runs the stage, and continuing the old run would report stale results.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    files = sorted([*(root / "maskcl").rglob("*.py"), *(root / "experiments").glob("*.py")])
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def file_digest(path: Path) -> dict[str, Any]:
     """md5 (DVC's hash) and size of a file, read in 1 MiB blocks."""
     digest = hashlib.md5()

@@ -20,7 +20,7 @@ The checkpoint folder (``io.out_dir``, a DVC ``persist: true`` output) is never 
 
 Resume (kill -9, power loss): ``fit`` resumes from ``out_dir/last.pt``. This module writes
 ``out_dir/sacred_run.json`` (run ids, config, data hash) at the start of each run; the next run
-resumes only if that config and data hash are identical — a checkpoint left by another config
+resumes only if that config, data hash and training code are identical — a checkpoint left by another config
 (DVC keeps the persisted folder across ``dvc exp run -S eps=...``) is set aside as
 ``<out_dir>.superseded-run<id>``, never continued and never deleted.
 A resuming run records ``info.resumed_from_run`` and marks the dead run INTERRUPTED in the file
@@ -41,6 +41,7 @@ from sacred import Experiment
 from experiments.common import (
     RUN_MARKER,
     SacredRunLogger,
+    code_digest,
     device_info,
     Timer,
     dvc_name,
@@ -181,6 +182,7 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
         **{k: plain_value(v) for k, v in identity.items()},
         "config": cfg.to_dict(),
         "data_hash": run.info.get("data_hash", ""),
+        "code_digest": code_digest(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     checkpoint = out_dir / CHECKPOINT
@@ -188,7 +190,11 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
     if checkpoint.is_file():
         if previous is None:
             log.info("%s has no %s: the engine decides whether it can resume", checkpoint, RUN_MARKER)
-        elif not config_changes(previous.get("config") or {}, marker["config"]) and previous.get("data_hash") == marker["data_hash"]:
+        elif (
+            not config_changes(previous.get("config") or {}, marker["config"])
+            and previous.get("data_hash") == marker["data_hash"]
+            and previous.get("code_digest") == marker["code_digest"]
+        ):
             run.info["resumed_from_run"] = {
                 k: previous.get(k) for k in ("sacred_run_id", "mongo_run_id", "file_store_id", "file_store_host", "file_store_dir")
                 if previous.get(k) is not None
@@ -199,6 +205,8 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
             changes = config_changes(previous.get("config") or {}, marker["config"])
             if previous.get("data_hash") != marker["data_hash"]:
                 changes.append(f"data hash {previous.get('data_hash')!r} → {marker['data_hash']!r}")
+            if previous.get("code_digest") != marker["code_digest"]:
+                changes.append("the training code (maskcl/, experiments/) changed")
             # moved aside, never deleted: a killed run's checkpoint is in no DVC cache yet
             kept = _set_aside(out_dir, previous.get("sacred_run_id"))
             log.warning(

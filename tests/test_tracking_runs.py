@@ -305,3 +305,27 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, engine: Fak
     kept = tmp_path / "generated" / "train.superseded-run1"
     assert json.loads((kept / "last.pt").read_text()) == {"epoch": 3}
     assert json.loads((tmp_path / "generated" / "train" / "last.pt").read_text()) == {"epoch": 3}
+
+
+def test_checkpoint_of_other_code_is_not_resumed(tmp_path: Path, engine: FakeEngine, experiments, monkeypatch) -> None:
+    """DVC re-runs train when maskcl/ changes; continuing the old run would report stale results."""
+    train, _ = experiments
+    run_experiment(train.ex, tmp_path / "runs", small_updates(tmp_path), named=(str(PARAMS),))
+    monkeypatch.setattr(train, "code_digest", lambda: "f" * 64)  # as if a loss were fixed
+    run = run_experiment(train.ex, tmp_path / "runs", small_updates(tmp_path), named=(str(PARAMS),))
+    assert [c["start"] for c in engine.fit_calls] == [0, 0]
+    assert "resumed_from_run" not in run.info
+    assert (tmp_path / "generated" / "train.superseded-run1" / "last.pt").is_file()
+
+
+def test_code_digest_follows_the_library_source(tmp_path: Path) -> None:
+    from experiments.common import code_digest
+
+    (tmp_path / "maskcl" / "sub").mkdir(parents=True)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "maskcl" / "sub" / "losses.py").write_text("GAMMA = 4\n")
+    (tmp_path / "experiments" / "train.py").write_text("pass\n")
+    before = code_digest(tmp_path)
+    assert code_digest(tmp_path) == before
+    (tmp_path / "maskcl" / "sub" / "losses.py").write_text("GAMMA = 2\n")
+    assert code_digest(tmp_path) != before
