@@ -238,3 +238,19 @@ def test_latex_escapes_special_characters(tmp_path: Path) -> None:
     assert r"rgb\_only\%\&\#" in tex and r"weird\_proto\$" in tex
     done = _compile(tex, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_reruns_of_one_configuration_count_once() -> None:
+    """n counts seeds: the pipeline re-run with the same config and seed is a re-measurement."""
+    from maskcl.report.records import RunRecord
+    from maskcl.report.tables import table_records
+
+    def run(run_id: str, seed: int, start: str, mAP: float) -> RunRecord:
+        config = {"seed": seed, "method": "maskcl", "dataset": {"name": "ltcc"}}
+        return RunRecord(run_id, "sacred-file", "maskcl_evaluate", "COMPLETED", config=config,
+                         metrics={"cc": {"mAP": mAP}}, start_time=start)
+
+    records = [run("1", 1, "2026-11-25T01:00:00", 10.0), run("2", 1, "2026-11-25T02:00:00", 12.0),
+               run("3", 2, "2026-11-25T01:30:00", 11.0)]
+    kept = table_records(records)
+    assert sorted(r.run_id for r in kept) == ["2", "3"]

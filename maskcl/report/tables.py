@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import re
@@ -149,12 +150,20 @@ def table_records(records: Iterable[RunRecord]) -> list[RunRecord]:
     """Records that carry final metrics; evaluate runs win over train runs when both exist.
 
     A train run may also return final metrics; counting it beside its evaluate run would count
-    one model twice.
+    one model twice. Several runs of one exact configuration count once (the latest).
     """
     with_metrics = [r for r in records if r.metrics]
     if any(r.experiment == "maskcl_evaluate" for r in with_metrics):
         with_metrics = [r for r in with_metrics if r.experiment != "maskcl_train"]
-    return with_metrics
+    # Re-running one configuration (same seed) re-measures it, it is not another seed: keep the
+    # latest run per exact configuration so that n counts distinct seeds/settings.
+    latest: dict[tuple[str, str], RunRecord] = {}
+    for record in with_metrics:
+        key = (record.experiment, json.dumps(record.flat_config, sort_keys=True, default=str))
+        if key not in latest or (record.start_time or "") >= (latest[key].start_time or ""):
+            latest[key] = record
+    kept = {id(record) for record in latest.values()}
+    return [record for record in with_metrics if id(record) in kept]
 
 
 def setting_keys(records: Sequence[RunRecord], ignore: Iterable[str] = IGNORED_KEYS) -> list[str]:
