@@ -254,3 +254,16 @@ def test_reruns_of_one_configuration_count_once() -> None:
                run("3", 2, "2026-11-25T01:30:00", 11.0)]
     kept = table_records(records)
     assert sorted(r.run_id for r in kept) == ["2", "3"]
+
+
+def test_reruns_differing_only_in_paths_count_once() -> None:
+    from maskcl.report.records import RunRecord
+    from maskcl.report.tables import table_records
+
+    def run(run_id: str, root: str, start: str) -> RunRecord:
+        config = {"seed": 1, "method": "maskcl", "dataset": {"name": "ltcc", "root": root}, "io": {"features": root}}
+        return RunRecord(run_id, "sacred-file", "maskcl_evaluate", "COMPLETED", config=config,
+                         metrics={"cc": {"mAP": 1.0}}, start_time=start)
+
+    kept = table_records([run("1", "/a", "2026-11-25T01:00:00"), run("2", "/b", "2026-11-25T02:00:00")])
+    assert [r.run_id for r in kept] == ["2"]

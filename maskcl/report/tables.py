@@ -159,7 +159,12 @@ def table_records(records: Iterable[RunRecord]) -> list[RunRecord]:
     # latest run per exact configuration so that n counts distinct seeds/settings.
     latest: dict[tuple[str, str], RunRecord] = {}
     for record in with_metrics:
-        key = (record.experiment, json.dumps(record.flat_config, sort_keys=True, default=str))
+        what = {  # what defines the run: everything but paths, devices and the io group
+            k: v
+            for k, v in record.flat_config.items()
+            if k in ("seed", "method", "dataset.name") or (k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES))
+        }
+        key = (record.experiment, json.dumps(what, sort_keys=True, default=str))
         if key not in latest or (record.start_time or "") >= (latest[key].start_time or ""):
             latest[key] = record
     kept = {id(record) for record in latest.values()}
