@@ -135,9 +135,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def run_commandline(ex: Experiment, argv: Sequence[str] | None, runs_dir: str | Path | None = None) -> int:
     """``python -m experiments.<x> [with params.yaml key=value ...]`` with observers from the env."""
-    from experiments.observers import observers_from_env
+    from experiments.observers import is_rank_zero, observers_from_env
 
-    setup_logging()
+    setup_logging(logging.INFO if is_rank_zero() else logging.WARNING)  # torchrun: rank 0 speaks
     install_sigterm_handler()
     ex.observers[:] = observers_from_env(runs_dir)
     argv = list(sys.argv if argv is None else argv)

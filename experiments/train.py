@@ -5,6 +5,11 @@ Run it as::
     python -m experiments.train with params.yaml                      # what `dvc repro` runs
     python -m experiments.train with params.yaml eps=0.55 train.epochs=2
     python -m experiments.train print_config with params.yaml
+    torchrun --nproc_per_node=4 experiments/train.py with params.yaml train.batch_size=64   # DDP
+
+Under ``torchrun`` every process runs this module; rank 0 alone attaches observers, records the
+run and writes the files below, the others only run the engine (``train.batch_size`` is the
+global batch: :mod:`maskcl.engine.distributed`).
 
 The main function is thin: Sacred config → typed :class:`~maskcl.config.Config` →
 ``maskcl.engine.fit(cfg, out_dir, logger)``. Per epoch the engine logs ``train.loss``,
@@ -55,7 +60,7 @@ from experiments.common import (
     write_json,
 )
 from experiments.config import build_config, configure, has_git_commit, run_commandline
-from experiments.observers import MaskclMongoObserver
+from experiments.observers import MaskclMongoObserver, is_rank_zero
 from maskcl.config import Config
 
 log = logging.getLogger("experiments.train")  # not __main__ under `python -m`
@@ -90,7 +95,20 @@ ex = configure(
 def main(_config: dict[str, Any], _run: Any) -> dict[str, dict[str, float]]:
     """Train; returns the final metrics ``{protocol: {mAP, rank1, ...}}`` (Sacred's result)."""
     cfg, io = build_config(_config)
+    if not is_rank_zero():
+        return follower_run(cfg, io)
     return train_run(cfg, io, _run)
+
+
+def follower_run(cfg: Config, io: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A ``torchrun`` process other than rank 0: train its share, record nothing, write nothing.
+
+    It reaches the engine's first collective only after rank 0 has prepared ``out_dir`` (rank 0
+    decides resume versus fresh start before it calls ``fit``), so both see the same checkpoint.
+    """
+    from maskcl import engine
+
+    return plain_metrics(final_metrics(engine.fit(cfg, Path(io["out_dir"]), engine.NullLogger())))
 
 
 def train_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:

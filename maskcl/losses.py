@@ -6,6 +6,8 @@ Per memory M with prototypes ``c_k`` (mean of member slots, see :mod:`maskcl.mem
 - :func:`focal_prototype_loss`: ``mean_i −(1 − p_{i,y_i})^γ · log(p_{i,y_i} + 1e-6)`` (γ = 4).
 - :func:`neighbour_loss`: cluster-level neighbour term with Bernoulli-sampled weights and the
   authors' batch-mean NLL quirk (below).
+- :func:`sharded_neighbour_loss`: one process's share of the neighbour term when the global batch
+  is split over processes (the mean of the shares is :func:`neighbour_loss` of the whole batch).
 - :func:`cross_view_instance_loss` / :func:`cross_view_prototype_loss`: the RGB projection ``g``
   regresses the (stop-gradient) mask feature and the mask-memory prototype of its cluster.
 """
@@ -63,6 +65,35 @@ def neighbour_loss(
         draws = torch.bernoulli(weights, generator=generator)
     nll = -torch.log(probs.gather(1, nbr_idx.long()) + EPS).mean(dim=0)  # [K] batch-mean NLL_j
     return (weights * draws * nll.unsqueeze(0)).sum(dim=1).mean() / (k + 1)
+
+
+def sharded_neighbour_loss(
+    probs: Tensor,
+    nbr_idx: Tensor,
+    batch_nbr_sim: Tensor,
+    draws: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """This process's share of :func:`neighbour_loss` when the global batch is split over processes.
+
+    :func:`neighbour_loss` is not a plain batch mean: ``L = (1/(K+1)) Σ_j W̄_j · NLL_j`` with
+    ``W̄_j = mean_i w_ij δ_ij`` over the batch (no gradient) and ``NLL_j`` the batch-mean NLL.
+    Here ``batch_nbr_sim [B, K]`` holds the weights of the WHOLE global batch, so the Bernoulli
+    draws ``δ [B, K]`` (taken from the same RNG stream on every process) equal a single process's
+    draws and ``W̄_j`` is the global one; ``probs [b, C]`` and ``nbr_idx [b, K]`` are this
+    process's rows. The share ``(1/(K+1)) Σ_j W̄_j · NLL_j^local`` averaged over processes (as
+    DistributedDataParallel averages gradients) is exactly the global-batch loss, since the global
+    ``NLL_j`` is the mean of the processes' equal-sized local means.
+    """
+    k = nbr_idx.shape[1]
+    if k == 0:
+        return probs.new_zeros(())
+    weights = batch_nbr_sim.detach().float().clamp(0.0, 1.0)  # [B, K], the global batch
+    if draws is None:
+        draws = torch.bernoulli(weights, generator=generator)
+    w_bar = (weights * draws).mean(dim=0)  # [K] global mean of w·δ
+    nll = -torch.log(probs.gather(1, nbr_idx.long()) + EPS).mean(dim=0)  # [K] this process's NLL_j
+    return (w_bar * nll).sum() / (k + 1)
 
 
 def cross_view_instance_loss(g: Tensor, target: Tensor) -> Tensor:

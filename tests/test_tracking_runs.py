@@ -294,6 +294,17 @@ def test_kill_9_then_resume_records_which_run_it_continues(tmp_path: Path, engin
     assert json.loads((tmp_path / "results/train/metrics.json").read_text())["resumed_from_run"]["sacred_run_id"] == 1
 
 
+def test_other_torchrun_ranks_train_but_record_and_write_nothing(tmp_path: Path, engine: FakeEngine, experiments,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every process runs the experiment; RANK 1 only runs the engine (rank 0 records)."""
+    train, _ = experiments
+    monkeypatch.setenv("RANK", "1")
+    run = run_experiment(train.ex, tmp_path / "runs", small_updates(tmp_path), named=(str(PARAMS),))
+    assert run.status == "COMPLETED" and run.result == FINAL and len(engine.fit_calls) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    assert not (tmp_path / "generated" / "train" / "sacred_run.json").exists()  # rank 0's marker only
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, engine: FakeEngine, experiments) -> None:
     """DVC keeps the persisted checkpoint folder across `dvc exp run -S eps=...`: start fresh."""
     train, _ = experiments

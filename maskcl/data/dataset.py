@@ -7,8 +7,9 @@ image tree). It is read as RGB and made 3-channel grey by its transform, as the 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -55,12 +56,32 @@ class ImageList(Dataset):
         return self.transform(load_rgb(self.paths[index])), index
 
 
+@contextmanager
+def seeded_augmentation(seed: int | None) -> Iterator[None]:
+    """Run the block on torch's CPU RNG seeded with ``seed``, then restore the RNG as it was.
+
+    The transforms draw from torch's global CPU RNG; seeding it per draw makes a draw's
+    augmentation a function of its seed alone (not of the process or worker that loads it, nor of
+    what that worker loaded before), and restoring it leaves the caller's stream untouched.
+    Only the CPU generator is touched: ``torch.manual_seed`` would also reseed the CUDA
+    generators that training draws from. ``seed=None`` runs the block on the RNG as it is.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 class TrainPairs(Dataset):
     """``(image [3,H,W], mask [3,H,W] or empty, pseudo_label, index)`` per training image.
 
     ``index`` is the image's memory slot. ``mask_paths=None`` (RGB-only method) yields an empty
     mask tensor and reads no mask. ``paired`` (an image+mask transform) replaces the two
-    independent transforms when given.
+    independent transforms when given. The key is an index, or ``(index, seed)`` as
+    :class:`~maskcl.data.sampler.GlobalBatchRows` yields it: the transforms then run under that
+    seed (:func:`seeded_augmentation`).
     """
 
     def __init__(
@@ -86,13 +107,17 @@ class TrainPairs(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, int, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = load_rgb(self.image_paths[index])
         if self.mask_paths is None:
-            return self.image_transform(image), torch.empty(0), self.labels[index], index
+            with seeded_augmentation(seed):
+                image_t = self.image_transform(image)
+            return image_t, torch.empty(0), self.labels[index], index
         mask = load_rgb(self.mask_paths[index], "mask", MaskError)
-        if self.paired is not None:
-            image_t, mask_t = self.paired(image, mask)
-        else:
-            image_t, mask_t = self.image_transform(image), self.mask_transform(mask)
+        with seeded_augmentation(seed):
+            if self.paired is not None:
+                image_t, mask_t = self.paired(image, mask)
+            else:
+                image_t, mask_t = self.image_transform(image), self.mask_transform(mask)
         return image_t, mask_t, self.labels[index], index

@@ -2,8 +2,11 @@
 
     maskcl train --out runs/maskcl-s111 --set method=rgb --set train.epochs=2
     maskcl evaluate --checkpoint runs/maskcl-s111/last.pt --out results/metrics.json
+    torchrun --nproc_per_node=4 -m maskcl train --out runs/ddp --set train.batch_size=64
 
-``train`` resumes automatically when ``--out`` already holds ``last.pt``. torch is imported
+``train`` resumes automatically when ``--out`` already holds ``last.pt``. Under ``torchrun``
+``train.batch_size`` is the global batch (see :mod:`maskcl.engine.distributed`) and only rank 0
+writes ``metrics.json``. torch is imported
 inside ``run`` so ``maskcl --help`` stays fast.
 """
 
@@ -38,8 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from maskcl.engine.trainer import fit
 
+    from maskcl.engine.distributed import launch_rank
+
     cfg = config_from_args(args)
     result = fit(cfg, args.out)
+    if launch_rank() != 0:  # every process returns the same result; rank 0 writes it
+        return 0
     # the last epoch is the result; best_on_test is a test-set selection, stored under its own label
     summary = {"epochs": result.epochs, "metrics": result.metrics, "best_on_test": result.best_on_test}
     (Path(args.out) / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

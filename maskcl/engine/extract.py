@@ -23,12 +23,14 @@ def extract_features(
     workers: int = 0,
     amp: bool = False,
     desc: str = "extract",
+    progress: bool = True,
 ) -> Tensor:
     """``[N, D]`` float32 features of ``paths`` (in order) on ``device``.
 
     ``encode`` maps an image batch ``[B,3,H,W]`` to features ``[B,D]``; the caller puts its model
     in eval mode. The loader gets its own generator so extraction never consumes the global torch
     RNG (a resumed run must replay the same random stream as an uninterrupted one).
+    ``progress=False`` hides the bar (the processes of a multi-process run other than rank 0).
     """
     loader = DataLoader(
         ImageList(paths, transform),
@@ -40,7 +42,7 @@ def extract_features(
     )
     chunks: list[Tensor] = []
     use_amp = amp and device.type == "cuda"
-    for images, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, _ in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         images = images.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             feats = encode(images)

@@ -17,12 +17,23 @@ on the test set is returned only as the separately labelled ``best_on_test``.
 
 A run in ``out_dir`` resumes from ``last.pt`` with every RNG restored, so on CPU an interrupted
 and resumed run equals an uninterrupted one.
+
+Multi-process (``torchrun``, :mod:`maskcl.engine.distributed`): ``train.batch_size`` is the
+global batch and each of the ``world`` processes trains on ``batch_size / world`` contiguous rows
+of it, so the run equals a single-process run with the same global batch up to float rounding:
+batch norm uses global statistics (:mod:`maskcl.models.sync_batchnorm`), DDP averages the
+gradients, the neighbour loss takes its weights and draws over the global batch
+(:func:`~maskcl.losses.sharded_neighbour_loss`), every process applies the whole global batch to
+its memories, and every sample's augmentation has its own seed. Pseudo-labels, neighbour tables,
+evaluation, checkpoints and logs are rank 0's; the feature pass that initialises the memories is
+split over the processes. Any process count may resume a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -38,8 +49,9 @@ from tqdm import tqdm
 from maskcl.config import Config
 from maskcl.data.dataset import TrainPairs
 from maskcl.data.records import DatasetSplits
-from maskcl.data.sampler import PKCameraSampler
+from maskcl.data.sampler import GlobalBatchRows, PKCameraSampler, rows_per_rank
 from maskcl.data.transforms import PairedTrainTransform, eval_transform, train_transform
+from maskcl.engine import distributed
 from maskcl.engine.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -57,6 +69,7 @@ from maskcl.losses import (
     focal_prototype_loss,
     neighbour_loss,
     prototype_probs,
+    sharded_neighbour_loss,
 )
 from maskcl.memory import InstanceMemory
 from maskcl.models.network import TrainOutputs, TwoBranchNet, build_network
@@ -209,6 +222,7 @@ def maskcl_losses(
     targets: torch.Tensor,
     nbrs: tuple[torch.Tensor, torch.Tensor] | None,
     t,
+    batch_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The per-step loss terms (paper.md §2.5), one entry per memory present.
 
@@ -216,6 +230,11 @@ def maskcl_losses(
     ``(idx [C,K], sim [C,K])`` or ``None``; ``t`` the :class:`~maskcl.config.TrainConfig`.
     ``loss_rgb = focal + nbr`` (f_rgb); ``loss_mask = focal + nbr + cross-view instance +
     cross-view prototype`` (f_mask, g_rgb); ``loss_fusion = focal`` (h).
+
+    In a multi-process run ``targets [b]`` are this process's rows and ``batch_targets [B]`` the
+    whole global batch's, in global order: the neighbour term then takes its weights and draws
+    over the global batch (:func:`~maskcl.losses.sharded_neighbour_loss`); every other term is a
+    batch mean, whose process average is the global mean.
     """
 
     def proto_and_nbr(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
@@ -223,7 +242,10 @@ def maskcl_losses(
         loss = focal_prototype_loss(probs, targets, t.focal_gamma)
         if nbrs is not None:
             idx, sim = nbrs
-            loss = loss + neighbour_loss(probs, idx[targets], sim[targets])
+            if batch_targets is None:
+                loss = loss + neighbour_loss(probs, idx[targets], sim[targets])
+            else:
+                loss = loss + sharded_neighbour_loss(probs, idx[targets], sim[batch_targets])
         return loss
 
     m_rgb = memories["rgb"]
@@ -245,11 +267,14 @@ def maskcl_losses(
 class Engine:
     """Holds one run's state; :func:`fit` is the public entry point."""
 
-    def __init__(self, cfg: Config, out_dir: Path, logger: RunLogger):
+    def __init__(self, cfg: Config, out_dir: Path, logger: RunLogger, device: torch.device | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.logger = logger
-        self.device = resolve_device(cfg.train.device)
+        self.device = device if device is not None else resolve_device(cfg.train.device)
+        self.world, self.rank = distributed.world(), distributed.rank()
+        self.main = self.rank == 0
+        self.train_net: torch.nn.Module | None = None  # the DDP wrapper when world > 1
         self.amp = cfg.train.amp and self.device.type == "cuda"
         self.two = cfg.method == "maskcl"
         self.generator = torch.Generator()
@@ -258,6 +283,8 @@ class Engine:
     # -- setup
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        # a batch that does not split into whole P×K groups per process fails before any work
+        self.local_batch = rows_per_rank(t.batch_size, t.num_instances, self.world)
         seed_everything(cfg.seed)
         self.generator.manual_seed(cfg.seed)
         if self.device.type == "cuda":
@@ -275,7 +302,12 @@ class Engine:
         resuming = self.ckpt_path.exists()
         # resuming overwrites every weight: do not fetch ImageNet weights just to discard them
         build_cfg = cfg.replace(**{"model.pretrained": "none"}) if resuming else cfg
-        self.model: TwoBranchNet = build_network(build_cfg).to(self.device)
+        with distributed.main_first():  # ImageNet weights: one download into the shared cache
+            self.model: TwoBranchNet = build_network(build_cfg).to(self.device)
+        if self.world > 1:
+            from maskcl.models.sync_batchnorm import convert_sync_batchnorm
+
+            convert_sync_batchnorm(self.model)  # BN over the global batch, as one process would
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused Adam: one kernel over all tensors (13× faster than the per-tensor loop on CPU)
         self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
@@ -286,6 +318,9 @@ class Engine:
             self._resume()
         else:
             self.memories = self._init_memories()
+        if self.world > 1:
+            self.train_net = distributed.data_parallel(self.model, self.device)
+            self.logger.log_info("world_size", self.world)
         self.logger.log_info("device", str(self.device))
         self.logger.log_info("n_train", len(self.image_paths))
 
@@ -299,13 +334,20 @@ class Engine:
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         restore_rng(state["rng"], self.generator)
-        log.info("resumed from '%s' after epoch %d", self.ckpt_path, self.start_epoch)
+        if self.main:
+            log.info("resumed from '%s' after epoch %d", self.ckpt_path, self.start_epoch)
 
     def _extract(self, encode, paths, transform, desc: str) -> torch.Tensor:
-        return extract_features(
-            encode, paths, transform, self.device, batch_size=self.cfg.eval.batch_size,
-            workers=self.cfg.train.workers, amp=self.amp, desc=desc,
-        )
+        """``[N, D]`` features of ``paths``; each process extracts whole batches of its share."""
+        rows = distributed.batch_aligned_shard(len(paths), self.cfg.eval.batch_size)
+        if rows.stop > rows.start:
+            local = extract_features(
+                encode, paths[rows], transform, self.device, batch_size=self.cfg.eval.batch_size,
+                workers=self.cfg.train.workers, amp=self.amp, desc=desc, progress=self.main,
+            )
+        else:  # more processes than batches: this one has nothing to extract
+            local = torch.empty(0, self.model.dim, device=self.device)
+        return distributed.all_gather_rows(local)
 
     @torch.no_grad()
     def _init_memories(self) -> dict[str, InstanceMemory]:
@@ -326,38 +368,51 @@ class Engine:
 
     # -- one epoch
     def _labels(self, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        start = time.perf_counter()
-        try:
-            pl = make_pseudo_labels(self.memories["rgb"].feats, self.cfg)
-        except ClusteringError as exc:
-            raise ClusteringError(f"epoch {epoch + 1}: {exc}") from None
-        labels = torch.as_tensor(np.asarray(pl.labels), dtype=torch.long)
+        """Pseudo-labels of every slot (computed on rank 0, handed to every process)."""
+
+        def cluster() -> tuple[torch.Tensor, dict[str, float]]:
+            start = time.perf_counter()
+            try:
+                pl = make_pseudo_labels(self.memories["rgb"].feats, self.cfg)
+            except ClusteringError as exc:
+                raise ClusteringError(f"epoch {epoch + 1}: {exc}") from None
+            labels = torch.as_tensor(np.asarray(pl.labels), dtype=torch.long)
+            stats = {
+                "n_clusters": int(pl.n_clusters),
+                "n_unclustered": int(pl.n_unclustered),
+                "n_refined_out": int(getattr(pl, "n_refined_out", 0)),
+                "cluster_time_s": time.perf_counter() - start,
+            }
+            return labels, stats
+
+        labels, stats = distributed.on_main(cluster)
         for memory in self.memories.values():
             memory.set_labels(labels)
-        stats = {
-            "n_clusters": int(pl.n_clusters),
-            "n_unclustered": int(pl.n_unclustered),
-            "n_refined_out": int(getattr(pl, "n_refined_out", 0)),
-            "cluster_time_s": time.perf_counter() - start,
-        }
         return labels, stats
 
     def _neighbours(self, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The epoch's neighbour tables ``(idx [C,K], sim [C,K])`` (rank 0's), or ``None``."""
         t = self.cfg.train
         k = curriculum_k(t.allknn, epoch, t.epochs)
         k = min(k, int(labels.max()) if len(labels) else 0)  # at most C-1 other clusters
         if not t.neighbour_loss or k <= 0:
             return None
-        source = self.memories.get("fusion", self.memories["rgb"])
-        idx, sim = make_neighbours(source.feats, labels.to(source.device), k)
-        idx, sim = idx.to(self.device).long(), sim.to(self.device).float()
-        # train.neighbour_weight "authors" (the default, as their code runs) scales by Σ‖c‖²
-        # (losses.authors_neighbour_weights); "cosine" keeps the true cosines
-        if t.neighbour_weight == "authors":
-            sim = authors_neighbour_weights(idx, sim, source.prototypes().to(self.device))
-        return idx, sim
 
-    def _loader(self, labels: torch.Tensor) -> DataLoader:
+        def tables() -> tuple[torch.Tensor, torch.Tensor]:
+            source = self.memories.get("fusion", self.memories["rgb"])
+            idx, sim = make_neighbours(source.feats, labels.to(source.device), k)
+            idx, sim = idx.to(self.device).long(), sim.to(self.device).float()
+            # train.neighbour_weight "authors" (the default, as their code runs) scales by Σ‖c‖²
+            # (losses.authors_neighbour_weights); "cosine" keeps the true cosines
+            if t.neighbour_weight == "authors":
+                sim = authors_neighbour_weights(idx, sim, source.prototypes().to(self.device))
+            return (idx.cpu(), sim.cpu()) if self.world > 1 else (idx, sim)
+
+        idx, sim = distributed.on_main(tables)
+        return idx.to(self.device), sim.to(self.device)
+
+    def _loader(self, labels: torch.Tensor, epoch: int) -> DataLoader:
+        """This process's rows of the epoch's global P×K sequence, each with its augmentation seed."""
         t = self.cfg.train
         mask_tf = paired = None
         if self.two:
@@ -369,9 +424,10 @@ class Engine:
             self.image_paths, labels.tolist(), train_transform(t.height, t.width),
             self.mask_paths if self.two else None, mask_tf, paired,
         )
-        sampler = PKCameraSampler(labels.tolist(), self.camids, t.num_instances, t.iters * t.batch_size, self.generator)
+        sequence = PKCameraSampler(labels.tolist(), self.camids, t.num_instances, t.iters * t.batch_size, self.generator)
+        sampler = GlobalBatchRows(sequence, t.batch_size, t.num_instances, self.cfg.seed, epoch, self.world, self.rank)
         return DataLoader(
-            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=t.workers, drop_last=True,
+            dataset, batch_size=self.local_batch, sampler=sampler, num_workers=t.workers, drop_last=True,
             pin_memory=self.device.type == "cuda", generator=self.generator,
             persistent_workers=False, prefetch_factor=4 if t.workers > 0 else None,
         )
@@ -381,50 +437,79 @@ class Engine:
         self.model.train()
         meter = _Meter()
         self._trace: list[float] = []  # per-iteration total loss, kept in the history
-        loader = self._loader(labels)
-        bar = tqdm(loader, total=t.iters, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=None)
+        # every process must draw the neighbour-loss Bernoulli variables from rank 0's RNG state
+        distributed.sync_rng_from_main()
+        loader = self._loader(labels, epoch)
+        forward = self.train_net if self.train_net is not None else self.model.forward_train
+        bar = tqdm(loader, total=t.iters, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                   disable=None if self.main else True)
         for it, (images, masks, _, indexes) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True) if self.two else None
             indexes = indexes.to(self.device)
+            batch_indexes = distributed.all_gather(indexes)  # [B] the global batch, in global order
+            labels_now = self.memories["rgb"].labels
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model.forward_train(images, masks)
-            losses = maskcl_losses(out, self.memories, self.memories["rgb"].labels[indexes], nbrs, t)
+                out = forward(images, masks)
+            losses = maskcl_losses(
+                out, self.memories, labels_now[indexes], nbrs, t,
+                batch_targets=labels_now[batch_indexes] if self.world > 1 else None,
+            )
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                self._non_finite(epoch, it, total, losses)
+            values = self._global_values(total, losses)
+            if not math.isfinite(values["loss"]):
+                self._non_finite(epoch, it, values)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             # memory update after the step, as the authors' autograd backward does (before their step;
             # the order is immaterial: memories are not parameters)
-            self.memories["rgb"].update(out.f_rgb, indexes)
-            if self.two:
-                self.memories["mask"].update(out.f_mask, indexes)
-                if out.h is not None:
-                    self.memories["fusion"].update(out.h, indexes)
-            values = {"loss": total.item()} | {k: v.item() for k, v in losses.items()}
+            self._update_memories(out, indexes if self.world == 1 else batch_indexes)
             meter.add(values)
             self._trace.append(round(values["loss"], 5))
             bar.set_postfix(loss=f"{values['loss']:.3f}")
         return meter.means()
 
-    def _non_finite(self, epoch: int, it: int, total: torch.Tensor, losses: dict) -> None:
-        parts = ", ".join(f"{k}={v.detach().item():.4g}" for k, v in losses.items())
+    def _global_values(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``{"loss": …, "loss_rgb": …}`` of the global batch: the mean of the processes' values
+        (every term's process mean is its global value), identical on every process."""
+        if self.world == 1:
+            return {"loss": total.item()} | {k: v.item() for k, v in losses.items()}
+        stacked = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())])
+        numbers = distributed.mean_over_ranks(stacked).tolist()
+        return dict(zip(["loss", *losses], numbers))
+
+    def _update_memories(self, out: TrainOutputs, indexes: torch.Tensor) -> None:
+        """Move each memory's slots toward the step's features; with several processes every
+        process applies the whole global batch (``indexes [B]``), so the memories stay identical."""
+        feats = {"rgb": out.f_rgb}
+        if self.two:
+            feats["mask"] = out.f_mask
+            if out.h is not None:
+                feats["fusion"] = out.h
+        if self.world > 1:
+            local = torch.cat([f.detach().float() for f in feats.values()], dim=1)  # [b, M·D]
+            gathered = distributed.all_gather(local).split([f.shape[1] for f in feats.values()], dim=1)
+            feats = dict(zip(feats, gathered))
+        for name, x in feats.items():
+            self.memories[name].update(x, indexes)
+
+    def _non_finite(self, epoch: int, it: int, values: dict[str, float]) -> None:
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
         if self.ckpt_path.exists():
             good = f"'{self.ckpt_path}' (after epoch {epoch})"
         else:
             good = "none (no epoch had finished)"
         raise TrainingError(
-            f"non-finite loss {total.detach().item()} at epoch {epoch + 1}, iteration {it + 1} ({parts}); "
+            f"non-finite loss {values['loss']} at epoch {epoch + 1}, iteration {it + 1} ({parts}); "
             f"last good checkpoint: {good}; lower train.lr or try train.amp=false"
         )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Score the RGB branch's ``f`` on the dataset's protocols."""
+        """Score the RGB branch's ``f`` on the dataset's protocols (rank 0 scores, all receive)."""
         self.model.eval()
-        return evaluate_model(self.model, self.splits, self.cfg, self.device, self.amp)
+        return distributed.on_main(lambda: evaluate_model(self.model, self.splits, self.cfg, self.device, self.amp))
 
     def _save(self, epoch_done: int) -> None:
         save_checkpoint(
@@ -464,12 +549,13 @@ class Engine:
             entry["epoch_time_s"] = time.perf_counter() - epoch_start
             self.history.append(entry)
             self._log(entry, step)
-            self._save(epoch + 1)
-            log.info(
-                "epoch %d/%d: loss %.3f, %d clusters, %d un-clustered, K=%d%s (%.1fs)",
-                epoch + 1, t.epochs, losses.get("loss", float("nan")), stats["n_clusters"],
-                stats["n_unclustered"], entry["knn_k"], _summary(entry.get("test")), entry["epoch_time_s"],
-            )
+            distributed.on_main(lambda: self._save(epoch + 1))  # the others wait for the file
+            if self.main:
+                log.info(
+                    "epoch %d/%d: loss %.3f, %d clusters, %d un-clustered, K=%d%s (%.1fs)",
+                    epoch + 1, t.epochs, losses.get("loss", float("nan")), stats["n_clusters"],
+                    stats["n_unclustered"], entry["knn_k"], _summary(entry.get("test")), entry["epoch_time_s"],
+                )
         if not self.history:
             raise TrainingError(f"no epoch was trained (train.epochs={t.epochs}, checkpoint '{self.ckpt_path}')")
         last = self.history[-1]
@@ -547,12 +633,19 @@ def evaluate_model(
 
 
 def fit(cfg: Config, out_dir: str | Path, logger: RunLogger | None = None) -> TrainResult:
-    """Train (or resume, or just return a finished run in ``out_dir``) and evaluate the last epoch."""
+    """Train (or resume, or just return a finished run in ``out_dir``) and evaluate the last epoch.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this: it joins the process group,
+    trains its share of each global batch, and returns the same result on every process; only
+    rank 0 writes ``out_dir`` and reports to ``logger``.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    engine = Engine(cfg, out_dir, logger or NullLogger())
-    engine.setup()
-    return engine.run()
+    with distributed.process_group(resolve_device(cfg.train.device)) as device:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_logger = (logger or NullLogger()) if distributed.is_main() else NullLogger()
+        engine = Engine(cfg, out_dir, run_logger, device)
+        engine.setup()
+        return engine.run()
 
 
 def evaluate_checkpoint(
