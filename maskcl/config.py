@@ -103,6 +103,11 @@ class ClusterConfig:
     ratio_cluster: float = 1.0
     knn: str = "exact"  # exact | approx (IVF search over k-means lists; exact cosines of what it finds)
     backend: str = "auto"  # auto (= torch: faster than faiss here) | faiss | torch
+    # none = unsupervised (the method). identity / clothes replace the pseudo-labels by the true
+    # identities (the supervised upper bound) / the true outfits (perfect clothes-level clusters):
+    # diagnostics that separate a clustering failure from a representation failure, never a
+    # result of the method
+    oracle: str = "none"
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     r(c.ratio_cluster > 0, source, "cluster.ratio_cluster", c.ratio_cluster, "a number > 0")
     r(c.knn in ("exact", "approx"), source, "cluster.knn", c.knn, "exact or approx")
     r(c.backend in ("auto", "faiss", "torch"), source, "cluster.backend", c.backend, "auto, faiss or torch")
+    r(c.oracle in ("none", "identity", "clothes"), source, "cluster.oracle", c.oracle, "none, identity or clothes")
     e = cfg.eval
     r(e.batch_size >= 1, source, "eval.batch_size", e.batch_size, "an integer >= 1")
     r(e.prcc_trials >= 1, source, "eval.prcc_trials", e.prcc_trials, "an integer >= 1")

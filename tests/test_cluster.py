@@ -354,3 +354,19 @@ def test_cluster_neighbours_blocks_match_one_block():
                                                          (10, 59, 60, 9), (3, 20, 60, 1), (5, 47, 60, 3)])
 def test_curriculum_k(allknn, epoch, epochs, expected):
     assert curriculum_k(allknn, epoch, epochs) == expected
+
+
+def test_oracle_labels_follow_identities_or_outfits_in_record_order() -> None:
+    from pathlib import Path
+
+    from maskcl.cluster.oracle import oracle_labels
+    from maskcl.data.records import Record
+
+    records = [Record(Path(f"{i}.png"), pid, clothes, 0) for i, (pid, clothes) in
+               enumerate([(7, 3), (2, 1), (7, 4), (2, 1), (9, 5)])]
+    by_id = oracle_labels(records, "identity")
+    assert by_id.labels.tolist() == [1, 0, 1, 0, 2] and by_id.n_clusters == 3 and by_id.n_unclustered == 0
+    by_outfit = oracle_labels(records, "clothes")
+    assert by_outfit.labels.tolist() == [1, 0, 2, 0, 3] and by_outfit.n_clusters == 4
+    with pytest.raises(ValueError, match="cluster.oracle"):
+        oracle_labels(records, "camera")

@@ -78,6 +78,22 @@ def test_rgb_baseline_trains_the_rgb_branch_only(setup, tmp_path: Path) -> None:
     assert set(load_checkpoint(tmp_path / "rgb" / "last.pt")["memories"]) == {"rgb"}
 
 
+def test_oracle_labels_replace_the_pseudo_labels(setup, tmp_path: Path, monkeypatch) -> None:
+    """cluster.oracle trains on the true identities / outfits and never runs the clustering."""
+    splits, mask_root = setup
+    monkeypatch.setattr(trainer, "make_pseudo_labels", lambda *a, **k: pytest.fail("clustered under an oracle"))
+    ids = len({r.pid for r in splits.train})
+    outfits = len({r.clothes_id for r in splits.train})
+    for kind, expected in (("identity", ids), ("clothes", outfits)):
+        cfg = tiny_config(splits.root, mask_root, **{"train.epochs": 1, "cluster.oracle": kind})
+        result = trainer.fit(cfg, tmp_path / kind)
+        assert (result.history[0]["n_clusters"], result.history[0]["n_unclustered"]) == (expected, 0)
+        labels = load_checkpoint(tmp_path / kind / "last.pt")["memories"]["rgb"]["labels"]
+        records = sorted(splits.train, key=lambda r: str(r.path))
+        key = [r.pid if kind == "identity" else r.clothes_id for r in records]
+        assert all((labels[i] == labels[j]) == (key[i] == key[j]) for i in range(len(key)) for j in range(len(key)))
+
+
 def test_missing_masks_fail_before_training(setup, tmp_path: Path) -> None:
     splits, _ = setup
     with pytest.raises(MaskError, match=r"16 of 16 mask\(s\) missing"):

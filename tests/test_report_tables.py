@@ -267,3 +267,23 @@ def test_reruns_differing_only_in_paths_count_once() -> None:
 
     kept = table_records([run("1", "/a", "2026-11-25T01:00:00"), run("2", "/b", "2026-11-25T02:00:00")])
     assert [r.run_id for r in kept] == ["2"]
+
+
+def test_oracle_label_runs_never_fill_an_ours_row() -> None:
+    """A supervised-upper-bound run (cluster.oracle) must not be averaged into, or replace, the
+    unsupervised rows even when it is the most-run setting; it stays visible in the ablation."""
+    from maskcl.report.records import RunRecord
+
+    def run(run_id: str, seed: int, oracle: str, mAP: float) -> RunRecord:
+        config = {"seed": seed, "method": "maskcl", "dataset": {"name": "ltcc"}, "cluster": {"oracle": oracle}}
+        return RunRecord(run_id, "sacred-file", "maskcl_evaluate", "COMPLETED", config=config,
+                         metrics={"cc": {"mAP": mAP, "rank1": mAP}}, start_time=f"2026-11-25T0{seed}:00:00")
+
+    records = [run("1", 1, "none", 10.0), run("2", 1, "identity", 50.0), run("3", 2, "identity", 52.0)]
+    table = main_table(records)
+    ours = next(r for r in table.rows if r.kind == "ours")
+    cell = ours.cells[Column("ltcc", "cc", "mAP")]
+    assert cell.n == 1 and cell.value == pytest.approx(10.0)
+    assert any("cluster.oracle" in note for note in table.footnotes)
+    ablation = ablation_table(records)
+    assert {r.keys["cluster.oracle"] for r in ablation.rows} == {"none", "identity"}

@@ -2,7 +2,8 @@
 
 One epoch, in the authors' order (paper.md §2.3–2.6, OpenUnReID's runner order):
 
-1. pseudo-labels from the RGB memory (Jaccard + DBSCAN + refinement, singletons kept);
+1. pseudo-labels from the RGB memory (Jaccard + DBSCAN + refinement, singletons kept), or with
+   ``cluster.oracle`` the true identities / outfits (a diagnostic, never the method);
 2. cluster-neighbour tables from the fusion memory (the RGB memory when there is none), with the
    curriculum ``K_e = floor(allknn · e / epochs)`` (e 0-based; no neighbour loss while ``K_e = 0``);
 3. ``iters`` Adam steps on P×K batches; after every step each memory slot of the batch moves
@@ -126,6 +127,12 @@ def make_pseudo_labels(feats: torch.Tensor, cfg: Config):
         refine=cfg.cluster.refine, ratio_cluster=cfg.cluster.ratio_cluster, knn=cfg.cluster.knn,
         backend=cfg.cluster.backend,
     )
+
+
+def oracle_labels(records, kind: str):
+    from maskcl.cluster.oracle import oracle_labels as labels_of
+
+    return labels_of(records, kind)
 
 
 def make_neighbours(memory: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,6 +300,7 @@ class Engine:
         records = _train_records(self.splits)
         if not records:
             raise ConfigError(f"dataset '{cfg.dataset.name}' at '{cfg.dataset.root}' has no training images")
+        self.records = records
         self.image_paths = [r.path for r in records]
         self.camids = [r.camid for r in records]
         self.mask_paths = None
@@ -373,7 +381,10 @@ class Engine:
         def cluster() -> tuple[torch.Tensor, dict[str, float]]:
             start = time.perf_counter()
             try:
-                pl = make_pseudo_labels(self.memories["rgb"].feats, self.cfg)
+                if self.cfg.cluster.oracle != "none":  # a diagnostic: true labels, not the method
+                    pl = oracle_labels(self.records, self.cfg.cluster.oracle)
+                else:
+                    pl = make_pseudo_labels(self.memories["rgb"].feats, self.cfg)
             except ClusteringError as exc:
                 raise ClusteringError(f"epoch {epoch + 1}: {exc}") from None
             labels = torch.as_tensor(np.asarray(pl.labels), dtype=torch.long)
