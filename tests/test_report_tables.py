@@ -287,3 +287,20 @@ def test_oracle_label_runs_never_fill_an_ours_row() -> None:
     assert any("cluster.oracle" in note for note in table.footnotes)
     ablation = ablation_table(records)
     assert {r.keys["cluster.oracle"] for r in ablation.rows} == {"none", "identity"}
+
+
+def test_a_key_missing_from_an_older_run_counts_as_its_default() -> None:
+    """A run recorded before cluster.oracle existed is the same setting as one stating 'none':
+    no false sweep, and the newer run replaces the older re-measurement."""
+    from maskcl.report.records import RunRecord
+
+    old = RunRecord("1", "sacred-file", "maskcl_evaluate", "COMPLETED",
+                    config={"seed": 1, "method": "maskcl", "dataset": {"name": "ltcc"}},
+                    metrics={"cc": {"mAP": 1.0, "rank1": 1.0}}, start_time="2026-11-24T01:00:00")
+    new = RunRecord("2", "sacred-file", "maskcl_evaluate", "COMPLETED",
+                    config={"seed": 1, "method": "maskcl", "dataset": {"name": "ltcc"}, "cluster": {"oracle": "none"}},
+                    metrics={"cc": {"mAP": 3.0, "rank1": 3.0}}, start_time="2026-11-25T01:00:00")
+    assert old.flat_config["cluster.oracle"] == "none"
+    assert setting_keys([old, new]) == []
+    cell = next(r for r in main_table([old, new]).rows if r.kind == "ours").cells[Column("ltcc", "cc", "mAP")]
+    assert cell.n == 1 and cell.value == pytest.approx(3.0)

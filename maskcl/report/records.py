@@ -10,6 +10,7 @@ Metrics are percentages (0–100), keyed ``{protocol: {metric: value}}`` with me
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -61,6 +62,11 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.config and not self.flat_config:
             self.flat_config = flatten_dict(self.config)
+        if "method" in self.flat_config:
+            # a run recorded before a config key existed ran with that key's default (new keys keep
+            # the old behaviour as their default), so it compares equal to a run that states it
+            for key, value in config_defaults().items():
+                self.flat_config.setdefault(key, value)
 
     @property
     def method(self) -> str | None:
@@ -101,6 +107,14 @@ class RunRecord:
 def _second(stamp: str | None) -> str | None:
     # Mongo keeps milliseconds, the file store microseconds: compare to the second.
     return None if not stamp else str(stamp)[:19]
+
+
+@functools.cache
+def config_defaults() -> dict[str, Any]:
+    """Every key of :class:`maskcl.config.Config` with its default, dotted."""
+    from maskcl.config import Config
+
+    return flatten_dict(Config().to_dict())
 
 
 def flatten_dict(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
