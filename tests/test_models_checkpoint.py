@@ -72,6 +72,25 @@ def test_pretrained_file_is_loaded(tmp_path: Path) -> None:
     assert torch.equal(trunk[0].weight, source.conv1.weight)
 
 
+def test_a_maskcl_run_checkpoint_starts_both_branches_from_its_rgb_trunk(tmp_path: Path) -> None:
+    """model.pretrained may name a run's last.pt: every trunk weight and BN statistic of the RGB
+    branch reaches both branches of the new network; the necks and heads start fresh."""
+    torch.manual_seed(5)
+    trained = TwoBranchNet("resnet18", pretrained="none", method="maskcl")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+        trained.rgb.trunk[1].running_mean.add_(1.5)
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": trained.state_dict(), "epoch": 1}, path)
+    started = TwoBranchNet("resnet18", pretrained=str(path), method="maskcl")
+    source = trained.rgb.trunk.state_dict()
+    for branch in (started.rgb, started.mask):
+        for key, value in branch.trunk.state_dict().items():
+            assert torch.equal(value, source[key]), key
+    assert not torch.equal(started.rgb.neck.weight, trained.rgb.neck.weight)
+
+
 def test_offline_imagenet_names_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

@@ -8,7 +8,8 @@ asked, the projection ``g`` the cross-view losses train (method.md "Network"; pa
 
 Weights: ``pretrained="imagenet"`` loads torchvision's IMAGENET1K_V1 weights (the authors'
 ``pretrained=True``) through the torch hub cache, ``"none"`` keeps torchvision's random init, and
-any other value is a local state-dict file. A missing file or an offline download is a
+any other value is a local file: a torchvision ResNet state dict, or a maskcl run's ``last.pt``
+(its RGB branch's trunk). A missing file or an offline download is a
 :class:`~maskcl.errors.CheckpointError`, never a silent random init.
 """
 
@@ -64,7 +65,7 @@ def _file_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(
             f"model.pretrained '{path}' is not a file; expected 'imagenet', 'none' or a path to a "
-            "torchvision ResNet state dict"
+            "torchvision ResNet state dict or a maskcl run's last.pt"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -75,7 +76,26 @@ def _file_state_dict(path: Path) -> dict[str, Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' holds a {type(state).__name__}; expected a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith(RUN_TRUNK) for k in state):
+        return _trunk_as_torchvision(state)
+    return state
+
+
+# A maskcl run's last.pt: its RGB branch's trunk (nn.Sequential) as torchvision ResNet keys, so a
+# model trained on one dataset (or a disjoint synthetic population) can start a run on another,
+# as ImageNet weights do. Both branches start from it, as both start from ImageNet in the paper.
+RUN_TRUNK = "rgb.trunk."
+TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def _trunk_as_torchvision(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(RUN_TRUNK):
+            index, _, rest = key.removeprefix(RUN_TRUNK).partition(".")
+            out[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value
+    return out
 
 
 def build_trunk(arch: str, pretrained: str = "imagenet", last_stride: int = 1) -> nn.Sequential:
