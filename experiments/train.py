@@ -61,7 +61,7 @@ from experiments.common import (
 )
 from experiments.config import build_config, configure, has_git_commit, run_commandline
 from experiments.observers import MaskclMongoObserver, is_rank_zero
-from maskcl.config import Config
+from maskcl.config import Config, config_changes, flatten_dict
 
 log = logging.getLogger("experiments.train")  # not __main__ under `python -m`
 
@@ -178,20 +178,10 @@ def epoch_rows(logged: dict[int, dict[str, float]], result: Any) -> list[dict[st
                 continue
             step = int(entry["epoch"])
             row = rows.setdefault(step, {})
-            for key, value in _flat(entry).items():
+            for key, value in flatten_dict(entry).items():
                 if key != "epoch" and isinstance(plain_value(value), (int, float)):
                     row.setdefault(dvc_name(HISTORY_NAMES.get(key, key)), number(value))
     return [{"epoch": step, **rows[step]} for step in sorted(rows)]
-
-
-def _flat(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in entry.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +199,7 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
         if previous is None:
             log.info("%s has no %s: the engine decides whether it can resume", checkpoint, RUN_MARKER)
         elif (
-            not config_changes(previous.get("config") or {}, marker["config"])
+            not config_changes(previous.get("config") or {}, marker["config"], RESUME_IGNORES)
             and previous.get("data_hash") == marker["data_hash"]
             and previous.get("code_digest") == marker["code_digest"]
         ):
@@ -220,7 +210,7 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, run: Any, identity: dict[str, A
             log.info("resuming from %s, left by Sacred run %s", checkpoint, previous.get("sacred_run_id"))
             mark_interrupted(previous, run, identity)
         else:
-            changes = config_changes(previous.get("config") or {}, marker["config"])
+            changes = config_changes(previous.get("config") or {}, marker["config"], RESUME_IGNORES)
             if previous.get("data_hash") != marker["data_hash"]:
                 changes.append(f"data hash {previous.get('data_hash')!r} → {marker['data_hash']!r}")
             if previous.get("code_digest") != marker["code_digest"]:
@@ -244,16 +234,6 @@ def _set_aside(out_dir: Path, run_id: Any) -> Path:
         target, k = base.with_name(f"{base.name}-{k}"), k + 1
     out_dir.rename(target)
     return target
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, except those that cannot change what is learnt."""
-    flat_old, flat_new = _flat(old), _flat(new)
-    return [
-        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
-        for key in sorted(set(flat_old) | set(flat_new))
-        if flat_old.get(key) != flat_new.get(key) and not key.startswith(RESUME_IGNORES)
-    ]
 
 
 def _read_marker(path: Path) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, get_type_hints
 
 import yaml
@@ -165,6 +166,34 @@ class Config:
                 node = node[key]
             node[leaf] = value
         return Config.from_dict(data)
+
+
+def flatten_dict(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: the dotted keys of ``--set``, ``dvc exp run -S`` and
+    the report (lists, scalars and empty mappings are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_dict(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """``"key: old → new"`` for each dotted key whose value differs between two nested configs.
+
+    ``ignore`` names keys that may differ (an entry ending in ``.`` covers a whole group): what a
+    caller deems not to change what a run learns.
+    """
+    flat_old, flat_new = flatten_dict(old), flatten_dict(new)
+    return [
+        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
+        for key in sorted(set(flat_old) | set(flat_new))
+        if flat_old.get(key) != flat_new.get(key)
+        and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in ignore)
+    ]
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:

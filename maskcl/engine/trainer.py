@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from maskcl.config import Config
+from maskcl.config import Config, config_changes
 from maskcl.data.dataset import TrainPairs
 from maskcl.data.records import DatasetSplits
 from maskcl.data.sampler import GlobalBatchRows, PKCameraSampler, rows_per_rank
@@ -181,23 +181,8 @@ def _write_json(path: Path, data: Any) -> None:
         ) from exc
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
-    changed = [
-        f"{k}: {old.get(k)!r} → {new.get(k)!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k) and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)
-    ]
+    changed = config_changes(saved, cfg.to_dict(), RESUMABLE_CHANGES)
     if changed:
         raise CheckpointError(
             f"'{path}' was written by a run with another configuration ({'; '.join(changed[:5])}); "

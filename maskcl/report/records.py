@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from maskcl.config import Config, flatten_dict
 from maskcl.errors import MaskclError
 
 COMPLETED = "COMPLETED"
@@ -112,21 +113,7 @@ def _second(stamp: str | None) -> str | None:
 @functools.cache
 def config_defaults() -> dict[str, Any]:
     """Every key of :class:`maskcl.config.Config` with its default, dotted."""
-    from maskcl.config import Config
-
     return flatten_dict(Config().to_dict())
-
-
-def flatten_dict(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and scalars are leaves)."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_dict(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def clean_metrics(raw: Any) -> dict[str, dict[str, float]]:
