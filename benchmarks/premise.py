@@ -71,34 +71,35 @@ def branch_features(encode: Callable, paths: list[Path], cfg: Config, grey: bool
     return extract_features(encode, paths, transform, CPU, batch_size=cfg.eval.batch_size, desc="premise")
 
 
-def views(splits: DatasetSplits, cfg: Config):
-    """(name, query paths, gallery paths, grey) of the two views of the test set."""
-    yield "rgb", [r.path for r in splits.query], [r.path for r in splits.gallery], False
-    yield "mask", [mask_of(r, splits, cfg) for r in splits.query], [mask_of(r, splits, cfg) for r in splits.gallery], True
+def paths_of(records: list[Record], view: str, splits: DatasetSplits, cfg: Config) -> list[Path]:
+    """The image (``view="rgb"``) or silhouette (``"mask"``) file of each record."""
+    return [mask_of(r, splits, cfg) if view == "mask" else r.path for r in records]
 
 
 def report_network(label: str, model: TwoBranchNet, splits: DatasetSplits, cfg: Config) -> None:
     model.eval()
-    encoders: dict[str, tuple[Callable, bool]] = {"rgb f": (model, False)}
+    # name → (encoder, view); the mask view is read in grey, as the engine reads masks
+    encoders: dict[str, tuple[Callable, str]] = {"rgb f": (model, "rgb")}
     if model.rgb.proj is not None:
-        encoders["rgb g"] = (lambda x: model.rgb(x, project=True)[1], False)
+        encoders["rgb g"] = (lambda x: model.rgb(x, project=True)[1], "rgb")
     if model.mask is not None:
-        encoders["mask f"] = (model.mask_features, True)
-    for name, (encode, grey) in encoders.items():
-        records = (splits.query, splits.gallery)
-        if name.startswith("mask"):
-            q_paths, g_paths = ([mask_of(r, splits, cfg) for r in rs] for rs in records)
-        else:
-            q_paths, g_paths = ([r.path for r in rs] for rs in records)
-        q = branch_features(encode, q_paths, cfg, grey)
-        g = branch_features(encode, g_paths, cfg, grey)
-        print(f"  {label:<22} {name:<7} {score(splits, q, g)}")
-    if model.rgb.proj is not None and model.mask is not None:
+        encoders["mask f"] = (model.mask_features, "mask")
+    gallery: dict[str, torch.Tensor] = {}
+    for name, (encode, view) in encoders.items():
+        q = branch_features(encode, paths_of(splits.query, view, splits, cfg), cfg, view == "mask")
+        gallery[name] = branch_features(encode, paths_of(splits.gallery, view, splits, cfg), cfg, view == "mask")
+        print(f"  {label:<22} {name:<7} {score(splits, q, gallery[name])}")
+    if "rgb g" in encoders and "mask f" in encoders:
+        train = splits.train[:400]
+        pairs = {
+            "train": tuple(
+                branch_features(encoders[n][0], paths_of(train, encoders[n][1], splits, cfg), cfg, encoders[n][1] == "mask")
+                for n in ("rgb g", "mask f")
+            ),
+            "test": (gallery["rgb g"][:400], gallery["mask f"][:400]),  # already extracted above
+        }
         gaps = []
-        for split, records in (("train", splits.train), ("test", splits.gallery)):
-            records = records[:400]
-            g = branch_features(lambda x: model.rgb(x, project=True)[1], [r.path for r in records], cfg, False)
-            m = branch_features(model.mask_features, [mask_of(r, splits, cfg) for r in records], cfg, True)
+        for split, (g, m) in pairs.items():
             g, m = torch.nn.functional.normalize(g, dim=1), torch.nn.functional.normalize(m, dim=1)
             gaps.append(f"{split} {(g * m).sum(1).mean().item():.3f} (other images {(g @ m.T).mean().item():.3f})")
         print(f"  {label:<22} cos(g, f_mask) of the same image: {'; '.join(gaps)}")
@@ -145,8 +146,10 @@ def main() -> None:
     print(f"  {'random':<22} cc mAP {np.mean(chance):5.2f} ± {np.std(chance):.2f}")
 
     print("2. raw pixels at the training size")
-    for name, q_paths, g_paths, grey in views(splits, cfg):
-        print(f"  {name + ' pixels':<22} {'':<7} {score(splits, pixels(q_paths, cfg, grey), pixels(g_paths, cfg, grey))}")
+    for view in ("rgb", "mask"):
+        q = pixels(paths_of(splits.query, view, splits, cfg), cfg, view == "mask")
+        g = pixels(paths_of(splits.gallery, view, splits, cfg), cfg, view == "mask")
+        print(f"  {view + ' pixels':<22} {'':<7} {score(splits, q, g)}")
 
     print(f"3. randomly initialised network (seed {cfg.seed}, pretrained: {cfg.model.pretrained})")
     torch.manual_seed(cfg.seed)
