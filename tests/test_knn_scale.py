@@ -158,7 +158,7 @@ def _vm(key: str) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_peak_process_memory_stays_near_the_result_size():
-    n, k, tile = 12000, 30, 192
+    n, k, tile = 8000, 30, 256
     x = blobs(n, 16, seed=6)
     _torch_self_search(x[:500], k, tile=tile)  # warm-up: torch's one-off allocations
     if not _peak_rss_reset():
@@ -166,5 +166,61 @@ def test_peak_process_memory_stays_near_the_result_size():
     before = _vm("VmRSS")
     _torch_self_search(x, k, tile=tile)
     grown = _vm("VmHWM") - before
-    # result 12·N·k = 4.3 MB; the previous search held 12·N·k·N/tile = 270 MB of lists
-    assert grown < 80 * 2**20, f"peak RSS grew {grown / 2**20:.0f} MB"
+    # result 12·N·k = 2.9 MB; the previous search held 12·N·k·N/tile = 92 MB of lists
+    assert grown < 40 * 2**20, f"peak RSS grew {grown / 2**20:.0f} MB"
+
+
+# ---------------------------------------------------------------- Jaccard support at scale
+def _weights_of(x: np.ndarray, k1: int = 20, k2: int = 6):
+    from maskcl.cluster.jaccard import jaccard_weights
+
+    sims, idx = knn(x, k1, backend="torch")
+    return jaccard_weights(x, sims, idx, k1, k2)
+
+
+def test_overlap_by_sort_equals_overlap_by_bins():
+    from maskcl.cluster.jaccard import _jaccard_upper
+
+    V = _weights_of(blobs(1500, 32, seed=7))
+    bins = _jaccard_upper(V, method="bins")
+    # tiny blocks: many rows per key range and many blocks
+    srt = _jaccard_upper(V, method="sort", block_instances=5000)
+    np.testing.assert_array_equal(bins.indptr, srt.indptr)
+    np.testing.assert_array_equal(bins.indices, srt.indices)
+    np.testing.assert_allclose(bins.data, srt.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["bins", "sort"])
+def test_overlap_filters_keep_exactly_the_requested_pairs(method):
+    from maskcl.cluster.jaccard import _jaccard_upper
+
+    V = _weights_of(blobs(800, 32, seed=8))
+    full = _jaccard_upper(V, method=method).tocoo()
+    near = _jaccard_upper(V, method=method, max_distance=0.5).tocoo()
+    assert near.nnz < full.nnz
+    expected = {(r, c) for r, c, d in zip(full.row, full.col, full.data) if d <= 0.5}
+    assert set(zip(near.row, near.col)) == expected
+    g1 = np.random.default_rng(0).integers(0, 40, 800)
+    g2 = np.arange(800) // 10
+    grouped = _jaccard_upper(V, method=method, groups=(g1, g2)).tocoo()
+    expected = {(r, c) for r, c in zip(full.row, full.col) if g1[r] == g1[c] or g2[r] == g2[c]}
+    assert set(zip(grouped.row, grouped.col)) == expected
+
+
+def test_bounded_support_gives_the_same_pseudo_labels_with_fewer_pairs():
+    from maskcl.cluster.pseudo_labels import generate_pseudo_labels
+
+    rng = np.random.default_rng(9)
+    x = blobs(1200, 32, seed=9)
+    x[:40] = rng.standard_normal((40, 32)).astype(np.float32)  # outliers
+    x[:40] /= np.linalg.norm(x[:40], axis=1, keepdims=True)
+    s_full: dict = {}
+    s_bounded: dict = {}
+    full = generate_pseudo_labels(x, k1=20, k2=6, support="full", stats=s_full)
+    bounded = generate_pseudo_labels(x, k1=20, k2=6, support="bounded", stats=s_bounded)
+    assert full.n_refined_out > 0  # the refinement has work to do
+    np.testing.assert_array_equal(full.labels, bounded.labels)
+    np.testing.assert_array_equal(full.labels_tight, bounded.labels_tight)
+    assert s_bounded["support"] == "bounded" and s_full["support"] == "full"
+    assert s_bounded["pairs"]["support_pairs"] == s_full["pairs"]["stored_pairs"]
+    assert s_bounded["pairs"]["stored_pairs"] + s_bounded["refine_pairs"]["stored_pairs"] < s_full["pairs"]["stored_pairs"]

@@ -165,9 +165,44 @@ def _query_expansion(V: sp.csr_matrix, idx: np.ndarray, k2: int) -> sp.csr_matri
 # one CSC entry of V as a single 8-byte record: the partner gather of the overlap step is one
 # int64 ``take`` instead of two (row index and value)
 _ENTRY = np.dtype([("v", np.float32), ("r", np.int32)])
+# overlap step: dense bins while the N²/2 bins are at most this many per pair instance, one
+# sort per row block beyond. Measured (benchmark blobs, load 6.4-6.6 on 2 cores): 10k, 8.5
+# bins/instance: bins 0.43-0.49 s, sort 0.83-1.1 s; 30k, 31 bins/instance: 1.8-2.0 s each;
+# 60k, 110 bins/instance: bins 8.4 s (the N² bins dominate)
+_BINS_PER_INSTANCE = 24
+_KEY_MAX = 2**31 - 1  # (row, column) key of a pair in the sort path: 31 bits
 
 
-def _jaccard_upper(V: sp.csr_matrix, block_bins: int = 1 << 19) -> sp.csr_matrix:
+def _sorted_pair_sums(key: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys (ascending) and the float32 sum of the weights of each, by one sort.
+
+    ``key`` [M] int64 < 2³¹ and ``w`` [M] float32 ≥ 0 are packed into one int64 (key in the
+    high half, the weight's bits in the low half), so a single in-place ``sort`` groups equal
+    keys; the sums (float64, rounded to float32) are segment sums in that order.
+    """
+    packed = key << 32
+    packed |= w.view(np.uint32).astype(np.int64)
+    packed.sort()
+    keys = packed >> 32
+    first = np.empty(keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    vals = (packed & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+    sums = np.add.reduceat(vals.astype(np.float64), starts).astype(np.float32)
+    return keys[starts], sums
+
+
+def _jaccard_upper(
+    V: sp.csr_matrix,
+    block_bins: int = 1 << 19,
+    *,
+    method: str = "auto",
+    block_instances: int = 1 << 22,
+    max_distance: float | None = None,
+    groups: tuple[np.ndarray, ...] | None = None,
+    stats: dict[str, int] | None = None,
+) -> sp.csr_matrix:
     """Step 5: Jaccard distances of the pairs i ≤ j sharing a column of V (upper triangle).
 
     ``s_ij = Σ_l min(V[i,l], V[j,l])`` is not bilinear (no sparse product gives it), so the
@@ -175,7 +210,16 @@ def _jaccard_upper(V: sp.csr_matrix, block_bins: int = 1 << 19) -> sp.csr_matrix
     contiguous range of column l in CSC form (CSC rows are ascending). Blocks of rows accumulate
     their pair minima in a dense [block, N − a] float64 buffer with ``np.bincount``
     (≈ ``block_bins`` bins, about L2-sized); a bin is non-zero iff the pair shares a column
-    (every stored V is > 0), and the non-zero bins come out already in CSR order.
+    (every stored V is > 0), and the non-zero bins come out already in CSR order. The bins are
+    ~N²/2 in all, whatever the sparsity, so beyond ``_BINS_PER_INSTANCE`` bins per pair
+    instance (``method="auto"``, N ≳ 30k) each block of ≈ ``block_instances`` instances is
+    reduced by one sort of packed (key, weight) integers instead (:func:`_sorted_pair_sums`):
+    memory and time then follow the instances, not N².
+
+    ``max_distance`` keeps only pairs with ``d ≤ max_distance`` and ``groups`` only pairs whose
+    two samples share a label in at least one of the given [N] label arrays: the bounded
+    support of :func:`maskcl.cluster.pseudo_labels.generate_pseudo_labels` (DBSCAN reads
+    ``d ≤ eps`` only, the refinement same-cluster pairs only).
 
     What makes it fast is fewer passes over the ~N·k²/2 pair instances (≈ 18M at N = 10k,
     k1 = 30): each partner is one 8-byte gather of a packed (value, row) record, the minima are
@@ -206,30 +250,44 @@ def _jaccard_upper(V: sp.csr_matrix, block_bins: int = 1 << 19) -> sp.csr_matrix
     entry_row = np.repeat(np.arange(n, dtype=np.int64), np.diff(V.indptr))
     indptr = V.indptr.astype(np.int64)
 
-    # row blocks: ≈ block_bins bins each ((rows)·(N − a)); blocks grow as the width shrinks
-    starts = [0]
-    while starts[-1] < n:
-        a = starts[-1]
-        starts.append(min(n, a + max(1, block_bins // (n - a))))
     inst_before = np.zeros(nnz + 1, dtype=np.int64)  # pair instances of the entries before each
     np.cumsum(counts, out=inst_before[1:])
     row_inst = inst_before[indptr]  # [N + 1] pair instances before each row
+    total_inst = int(row_inst[-1])
+    if method == "auto":  # dense bins cost ~N²/2 in all; sorting, ~log of the instances each
+        method = "bins" if n * (n + 1) / 2 <= _BINS_PER_INSTANCE * max(total_inst, 1) else "sort"
+    if method == "bins":
+        # row blocks: ≈ block_bins bins each ((rows)·(N − a)); blocks grow as the width shrinks
+        starts = [0]
+        while starts[-1] < n:
+            a = starts[-1]
+            starts.append(min(n, a + max(1, block_bins // (n - a))))
+    elif method == "sort":
+        # row blocks of ≈ block_instances pair instances whose (row, column) keys fit in 31 bits
+        starts = [0]
+        while starts[-1] < n:
+            a = starts[-1]
+            by_inst = int(np.searchsorted(row_inst, row_inst[a] + block_instances, side="right")) - 1
+            starts.append(min(n, max(a + 1, min(by_inst, a + _KEY_MAX // (n - a)))))
+    else:
+        raise ValueError(f"jaccard overlap method {method!r}; expected auto, bins or sort")
     bstarts = np.asarray(starts, dtype=np.int64)
     max_total = int(np.diff(row_inst[bstarts]).max(initial=0))
     # work buffers reused by every block (fresh multi-MB arrays would be page-faulted in again)
     ramp = np.arange(max_total, dtype=np.int64)
     partner_buf = np.empty(max_total, dtype=np.int64)  # [total] packed _ENTRY records
-    w_buf = np.empty(max_total, dtype=np.float64)
+    w_buf = np.empty(max_total, dtype=np.float64 if method == "bins" else np.float32)
 
     # distinct pairs ≤ pair instances: allocate that much, write block after block, shrink;
     # untouched pages of the bound are never faulted in
-    bound = max(int(row_inst[-1]), 1)
+    bound = max(total_inst, 1)
     ind = np.empty(bound, dtype=np.int32)
     dat = np.empty(bound, dtype=np.float32)
     row_nnz = np.zeros(n, dtype=np.int64)
     filled = 0
+    support = 0  # distinct pairs with d < 1 (upper triangle), before max_distance / groups
     for a, b in zip(starts[:-1], starts[1:]):
-        width = n - a  # partners j ≥ i ≥ a: bins only for columns a..n−1
+        width = n - a  # partners j ≥ i ≥ a: keys only for columns a..n−1
         e0, e1 = int(indptr[a]), int(indptr[b])
         total = int(row_inst[b] - row_inst[a])
         if total == 0:
@@ -243,16 +301,30 @@ def _jaccard_upper(V: sp.csr_matrix, block_bins: int = 1 << 19) -> sp.csr_matrix
         key = np.repeat((entry_row[e0:e1] - a) * width - a, cnt)
         key += partner["r"]  # (i − a)·width + (j − a)
         w = np.minimum(np.repeat(own_v[e0:e1], cnt), partner["v"], out=w_buf[:total])
-        acc = np.bincount(key, weights=w, minlength=(b - a) * width)  # [(b − a)·width]
-        nz = np.flatnonzero(acc != 0.0)  # (nonzero is fastest on a bool mask)
-        s = acc[nz].astype(np.float32)
-        del acc
+        if method == "bins":
+            acc = np.bincount(key, weights=w, minlength=(b - a) * width)  # [(b − a)·width]
+            nz = np.flatnonzero(acc != 0.0)  # (nonzero is fastest on a bool mask)
+            s = acc[nz].astype(np.float32)
+            del acc
+        else:
+            nz, s = _sorted_pair_sums(key, w)
+        del key, w
         row_first = np.arange(b - a + 1, dtype=np.int64) * width
         rc = np.diff(np.searchsorted(nz, row_first))  # pairs per row (nz is sorted)
         nz -= np.repeat(row_first[:-1] - a, rc)  # → column j
         d = 1.0 - s / (2.0 - s)
         np.maximum(d, 0.0, out=d)
         keep = d < 1.0  # an overlap of ~1e-8 rounds to 1 in float32: same as absent
+        support += int(np.count_nonzero(keep))
+        if max_distance is not None:
+            keep &= d <= max_distance
+        if groups is not None:
+            rows_i = np.repeat(np.arange(a, b, dtype=np.int64), rc)
+            same = np.zeros(nz.size, dtype=bool)
+            for g in groups:
+                same |= g[rows_i] == g[nz]
+            keep &= same
+            del rows_i, same
         if not keep.all():
             rc -= np.bincount(np.repeat(np.arange(b - a), rc)[~keep], minlength=b - a)
             nz, d = nz[keep], d[keep]
@@ -260,6 +332,8 @@ def _jaccard_upper(V: sp.csr_matrix, block_bins: int = 1 << 19) -> sp.csr_matrix
         dat[filled : filled + nz.size] = d
         filled += nz.size
         row_nnz[a:b] = rc
+    if stats is not None:
+        stats.update(instances=total_inst, support_pairs=support, stored_pairs=filled, method=method)
     ind.resize(filled, refcheck=False)  # realloc: shrinks without copying
     dat.resize(filled, refcheck=False)
     ptr = np.zeros(n + 1, dtype=np.int64)
@@ -306,7 +380,7 @@ def _symmetrise_upper(U: sp.csr_matrix) -> sp.csr_matrix:
     return S
 
 
-def jaccard_from_knn(
+def jaccard_weights(
     feats: Any,
     sims: np.ndarray,
     idx: np.ndarray,
@@ -314,27 +388,14 @@ def jaccard_from_knn(
     k2: int,
     variant: str = "sicl",
     timings: dict[str, float] | None = None,
-    upper: bool = False,
 ) -> sp.csr_matrix:
-    """Sparse Jaccard distance from a precomputed kNN table.
+    """Steps 1-4: the k-reciprocal weights V [N, N] (CSR, rows sum to 1) from a kNN table.
 
-    Args:
-        feats: [N, D] L2-normalised features (cosines of expanded pairs outside the table).
-        sims, idx: [N, W] kNN table from :func:`maskcl.cluster.knn.knn`, self first, with
-            ``W ≥ search_width(k1, variant)``; only the first ``search_width`` columns are used.
-        k1, k2: k-reciprocal and query-expansion sizes (authors: 30, 6).
-        variant: ``sicl`` (the authors' effective k1-wide forward list) or ``zhong``.
-        timings: if given, filled with per-sub-step seconds.
-        upper: return only the upper triangle (each pair once, diagonal included): half the
-            memory, no symmetrisation; :func:`maskcl.cluster.dbscan.dbscan_sparse` and
-            :func:`maskcl.cluster.refine.refine_keep` accept it with ``upper=True``.
-
-    Returns:
-        csr_matrix [N, N] float32 of Jaccard distances in [0, 1) for the pairs that share
-        support; absent pairs have distance 1. Symmetric; diagonal stored (0).
+    The overlap step (:func:`jaccard_pairs`) reads V; building it once lets the bounded
+    pseudo-labelling run that step twice without repeating steps 1-4. Arguments as
+    :func:`jaccard_from_knn`.
     """
     width = search_width(k1, variant)
-    n = idx.shape[0]
     if idx.shape[1] < width:
         raise ValueError(f"jaccard: kNN table has {idx.shape[1]} columns; k1={k1} ({variant}) needs {width}")
     if not 1 <= k2 <= width:
@@ -348,15 +409,68 @@ def jaccard_from_knn(
     V = _weights(_as_numpy_f32(feats), sims, idx, X)
     del X
     V = _query_expansion(V, idx, k2)
-    t2 = time.perf_counter()
-    U = _jaccard_upper(V)
-    del V
+    t.update({"jaccard_sets_s": t1 - t0, "jaccard_weights_s": time.perf_counter() - t1})
+    return V
+
+
+def jaccard_pairs(
+    V: sp.csr_matrix,
+    upper: bool = False,
+    *,
+    max_distance: float | None = None,
+    groups: tuple[np.ndarray, ...] | None = None,
+    timings: dict[str, float] | None = None,
+    key: str = "jaccard_overlap_s",
+    stats: dict[str, Any] | None = None,
+) -> sp.csr_matrix:
+    """Step 5: the Jaccard distances of the pairs sharing support in V (see :func:`jaccard_from_knn`).
+
+    ``max_distance`` / ``groups`` store a subset of the pairs only (``d ≤ max_distance``;
+    pairs sharing a label in one of the [N] arrays of ``groups``); ``timings[key]`` receives
+    the seconds; ``stats`` (if given) the pair-instance count, the support (distinct pairs with
+    d < 1, upper triangle, before any filter), the stored pairs and the overlap method.
+    """
+    t0 = time.perf_counter()
+    U = _jaccard_upper(V, max_distance=max_distance, groups=groups, stats=stats)
     S = U if upper else _symmetrise_upper(U)
     del U
-    t3 = time.perf_counter()
-    t.update({"jaccard_sets_s": t1 - t0, "jaccard_weights_s": t2 - t1, "jaccard_overlap_s": t3 - t2})
-    logger.debug("jaccard: N=%d nnz=%d (%.1f per row)", n, S.nnz, S.nnz / max(n, 1))
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+    logger.debug("jaccard: N=%d nnz=%d (%.1f per row)", V.shape[0], S.nnz, S.nnz / max(V.shape[0], 1))
     return S
+
+
+def jaccard_from_knn(
+    feats: Any,
+    sims: np.ndarray,
+    idx: np.ndarray,
+    k1: int,
+    k2: int,
+    variant: str = "sicl",
+    timings: dict[str, float] | None = None,
+    upper: bool = False,
+    max_distance: float | None = None,
+) -> sp.csr_matrix:
+    """Sparse Jaccard distance from a precomputed kNN table.
+
+    Args:
+        feats: [N, D] L2-normalised features (cosines of expanded pairs outside the table).
+        sims, idx: [N, W] kNN table from :func:`maskcl.cluster.knn.knn`, self first, with
+            ``W ≥ search_width(k1, variant)``; only the first ``search_width`` columns are used.
+        k1, k2: k-reciprocal and query-expansion sizes (authors: 30, 6).
+        variant: ``sicl`` (the authors' effective k1-wide forward list) or ``zhong``.
+        timings: if given, filled with per-sub-step seconds.
+        upper: return only the upper triangle (each pair once, diagonal included): half the
+            memory, no symmetrisation; :func:`maskcl.cluster.dbscan.dbscan_sparse` and
+            :func:`maskcl.cluster.refine.refine_keep` accept it with ``upper=True``.
+        max_distance: store only the pairs with ``d ≤ max_distance`` (the others read as 1).
+
+    Returns:
+        csr_matrix [N, N] float32 of Jaccard distances in [0, 1) for the pairs that share
+        support; absent pairs have distance 1. Symmetric; diagonal stored (0).
+    """
+    V = jaccard_weights(feats, sims, idx, k1, k2, variant=variant, timings=timings)
+    return jaccard_pairs(V, upper, max_distance=max_distance, timings=timings)
 
 
 def jaccard_distance(

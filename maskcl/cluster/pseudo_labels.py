@@ -23,12 +23,16 @@ from typing import Any
 import numpy as np
 
 from maskcl.cluster.dbscan import dbscan_sparse, singleton_labels
-from maskcl.cluster.jaccard import jaccard_from_knn, search_width
+from maskcl.cluster.jaccard import jaccard_pairs, jaccard_weights, search_width
 from maskcl.cluster.knn import knn as knn_search
 from maskcl.cluster.refine import refine_keep
 from maskcl.errors import ClusteringError
 
 logger = logging.getLogger(__name__)
+
+SUPPORTS = ("auto", "full", "bounded")
+# from this N on, ``support="auto"`` stores the bounded support (see generate_pseudo_labels)
+BOUNDED_SUPPORT_MIN_N = 100_000
 
 
 @dataclass
@@ -83,8 +87,20 @@ def generate_pseudo_labels(
     knn: str = "exact",
     backend: str = "auto",
     variant: str = "sicl",
+    support: str = "auto",
+    stats: dict | None = None,
 ) -> PseudoLabels:
     """Pseudo-labels of L2-normalised features ``feats`` [N, D] (numpy or torch, any device).
+
+    ``support`` chooses which Jaccard distances are stored. ``full``: every pair sharing
+    support (d < 1), whose number per row grows with N (hub samples join far neighbourhoods).
+    ``bounded``: only what the two consumers read, so memory follows the clusters, not N —
+    the pairs with ``d ≤ eps`` (DBSCAN tests nothing else) and, in a second pass of the overlap
+    step over the same weights, the pairs inside one DBSCAN cluster at eps or at the tight eps
+    (the refinement sums nothing else). The labels are identical; the second pass costs one
+    more overlap step. ``auto``: ``bounded`` from ``BOUNDED_SUPPORT_MIN_N`` samples on.
+    ``stats``, if given, receives the overlap passes' pair counts (see
+    :func:`maskcl.cluster.jaccard.jaccard_pairs`) as ``pairs`` and ``refine_pairs``.
 
     Raises:
         ClusteringError: ``eps`` outside (0, 1) / tight eps ≤ 0, or DBSCAN found no cluster.
@@ -96,8 +112,12 @@ def generate_pseudo_labels(
     eps_tight = eps - eps_gap
     if refine and eps_tight <= 0:
         raise ClusteringError(f"eps_gap is {eps_gap}; expected 0 <= eps_gap < eps ({eps}) for the tight DBSCAN")
+    if support not in SUPPORTS:
+        raise ClusteringError(f"cluster support is {support!r}; expected one of {', '.join(SUPPORTS)}")
     n = int(feats.shape[0])
+    bounded = support == "bounded" or (support == "auto" and n >= BOUNDED_SUPPORT_MIN_N)
     timings: dict[str, float] = {}
+    pair_stats: dict = {}
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
@@ -111,8 +131,11 @@ def generate_pseudo_labels(
 
     t0 = time.perf_counter()
     # upper triangle only: DBSCAN and refinement mirror the few pairs they use
-    dist = jaccard_from_knn(feats, sims, idx, k1, k2, variant=variant, timings=timings, upper=True)
+    V = jaccard_weights(feats, sims, idx, k1, k2, variant=variant, timings=timings)
     del sims, idx
+    dist = jaccard_pairs(V, True, max_distance=eps if bounded else None, timings=timings, stats=pair_stats)
+    if not (bounded and refine):
+        del V
     timings["jaccard_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -129,8 +152,15 @@ def generate_pseudo_labels(
     t0 = time.perf_counter()
     groups = singleton_labels(raw)
     n_refined_out = 0
+    refine_stats: dict = {}
     if refine:
-        keep = refine_keep(dist, groups, singleton_labels(raw_tight), ratio_cluster, upper=True)
+        groups_tight = singleton_labels(raw_tight)
+        if bounded:  # the same-cluster pairs, whatever their distance
+            del dist
+            dist = jaccard_pairs(V, True, groups=(groups, groups_tight), timings=timings,
+                                 key="jaccard_refine_pairs_s", stats=refine_stats)
+            del V
+        keep = refine_keep(dist, groups, groups_tight, ratio_cluster, upper=True)
         in_cluster = raw >= 0
         out = ~keep & in_cluster
         n_refined_out = int(out.sum())
@@ -139,6 +169,8 @@ def generate_pseudo_labels(
     labels, n_clusters, n_single = relabel_clusters_first(groups)
     timings["refine_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
+    if stats is not None:
+        stats.update(support="bounded" if bounded else "full", pairs=pair_stats, refine_pairs=refine_stats)
     n_noise = int((raw < 0).sum())
     logger.info(
         "pseudo-labels: %d clusters, %d un-clustered (%d DBSCAN noise, %d refined out) of %d samples in %.1fs",
