@@ -314,8 +314,9 @@ def _ivf_search(
     Every sample is filed under its nearest centroid and searches its ``nprobe`` nearest
     lists (per query, as faiss' ``IndexIVFFlat``), with exact fp32 cosines. Unlike faiss'
     per-query list scans, the work is batched per list: all queries probing list M are
-    gathered and multiplied with M's (contiguous, after sorting by list) rows in one matmul,
-    then ``topk``. Cost ≈ N·nprobe·(N/nlist)·D plus the k-means and assignment (N·nlist·D),
+    gathered and multiplied with M's rows (gathered once per list into a reused buffer: no
+    sorted copy of the features, which at N = 1M, D = 2048 would be another 8 GB) in one
+    matmul, then ``topk``; candidate indices are int32. Cost ≈ N·nprobe·(N/nlist)·D plus the k-means and assignment (N·nlist·D),
     against N²·D/2 for the exact search; no top-k over N² candidates. Rows that found fewer
     than k candidates (tiny lists) are completed by an exact search of those rows.
     """
@@ -333,60 +334,72 @@ def _ivf_search(
             [torch.topk(x[s : s + 8192] @ cent.T, nprobe, dim=1).indices for s in range(0, n, 8192)]
         )  # [N, nprobe], column 0 = the sample's own list
         order = torch.argsort(probes[:, 0], stable=True)  # sample positions sorted by list
-        xs = x[order]
         starts = [0] + torch.cumsum(torch.bincount(probes[:, 0], minlength=nlist), 0).tolist()
-        # (query position in xs) · nprobe + probe slot, for every probed list, grouped by list
+        # (query position in list order) · nprobe + probe slot, for every probed list, grouped
+        # by list; the rows are gathered from x per list (no sorted copy of the N×D features)
         flat = probes[order].reshape(-1)
+        del probes
         by_list = torch.argsort(flat, stable=True)
-        q_pos = torch.div(by_list, nprobe, rounding_mode="floor")
+        q_rows = order[torch.div(by_list, nprobe, rounding_mode="floor")]  # rows of x
         q_starts = [0] + torch.cumsum(torch.bincount(flat, minlength=nlist), 0).tolist()
-        # candidates of (query, probe slot) in row q·nprobe + slot; a list smaller than k
-        # leaves −inf padding
+        del flat
+        # candidates of (query, probe slot) in row q·nprobe + slot, as positions in list order
+        # (int32: 4 bytes a candidate); a list smaller than k leaves −inf padding
         cand_v = torch.full((n * nprobe, k), -float("inf"), device=x.device)
-        cand_i = torch.zeros((n * nprobe, k), dtype=torch.long, device=x.device)
+        cand_i = torch.zeros((n * nprobe, k), dtype=torch.int32, device=x.device)
         # work buffers reused by every list (fresh multi-MB tensors would be page-faulted in)
         sizes = [starts[m + 1] - starts[m] for m in range(nlist)]
-        q_rows = max(1, min(max(q_starts[m + 1] - q_starts[m] for m in range(nlist)), max_block // max(sizes)))
-        q_buf = torch.empty((q_rows, x.shape[1]), device=x.device)
-        s_buf = torch.empty(q_rows * max(sizes), device=x.device)
+        q_max = max(1, min(max(q_starts[m + 1] - q_starts[m] for m in range(nlist)), max_block // max(sizes)))
+        q_buf = torch.empty((q_max, x.shape[1]), device=x.device)
+        b_buf = torch.empty((max(sizes), x.shape[1]), device=x.device)
+        s_buf = torch.empty(q_max * max(sizes), device=x.device)
         cpu = x.device.type == "cpu"
-        xs_np = xs.numpy() if cpu else None
+        x_np = x.numpy() if cpu else None
         q_buf_np = q_buf.numpy() if cpu else None
-        q_pos_np = q_pos.numpy() if cpu else None
+        b_buf_np = b_buf.numpy() if cpu else None
+        q_rows_np = q_rows.numpy() if cpu else None
+        order_np = order.numpy() if cpu else None
         for m in range(nlist):
             m0, m1 = starts[m], starts[m + 1]
             if m0 == m1:
                 continue
             kk = min(k, m1 - m0)
-            for g0 in range(q_starts[m], q_starts[m + 1], q_rows):
-                g1 = min(q_starts[m + 1], g0 + q_rows)
-                if xs_np is not None:  # numpy's take gathers rows ~5× faster than index_select
-                    np.take(xs_np, q_pos_np[g0:g1], axis=0, out=q_buf_np[: g1 - g0])
+            if x_np is not None:  # numpy's take gathers rows ~5× faster than index_select
+                np.take(x_np, order_np[m0:m1], axis=0, out=b_buf_np[: m1 - m0])
+                base = b_buf[: m1 - m0]
+            else:
+                base = torch.index_select(x, 0, order[m0:m1], out=b_buf[: m1 - m0])
+            for g0 in range(q_starts[m], q_starts[m + 1], q_max):
+                g1 = min(q_starts[m + 1], g0 + q_max)
+                if x_np is not None:
+                    np.take(x_np, q_rows_np[g0:g1], axis=0, out=q_buf_np[: g1 - g0])
                     q = q_buf[: g1 - g0]
                 else:
-                    q = torch.index_select(xs, 0, q_pos[g0:g1], out=q_buf[: g1 - g0])
-                sim = torch.mm(q, xs[m0:m1].T, out=s_buf[: (g1 - g0) * (m1 - m0)].view(g1 - g0, m1 - m0))
+                    q = torch.index_select(x, 0, q_rows[g0:g1], out=q_buf[: g1 - g0])
+                sim = torch.mm(q, base.T, out=s_buf[: (g1 - g0) * (m1 - m0)].view(g1 - g0, m1 - m0))
                 v, i = torch.topk(sim, kk, dim=1)  # [q, kk]
+                i = (i + m0).to(torch.int32)
                 rows = by_list[g0:g1]  # = query position · nprobe + slot
                 if kk == k:
                     cand_v.index_copy_(0, rows, v)
-                    cand_i.index_copy_(0, rows, i + m0)
+                    cand_i.index_copy_(0, rows, i)
                 else:
                     cand_v[rows, :kk] = v
-                    cand_i[rows, :kk] = i + m0
+                    cand_i[rows, :kk] = i
+        del q_rows, by_list, q_buf, b_buf, s_buf
         cand_v = cand_v.view(n, nprobe * k)
         cand_i = cand_i.view(n, nprobe * k)
         top_v, pos = torch.topk(cand_v, k, dim=1)
-        top_i = torch.gather(cand_i, 1, pos)
-        del cand_v, cand_i
-        short = torch.nonzero(~torch.isfinite(top_v).all(dim=1)).flatten()
-        if short.numel():  # fewer than k candidates: exact search of those rows
-            v, i = torch.topk(xs[short] @ xs.T, k, dim=1)
-            top_v[short], top_i[short] = v, i
+        top_i = torch.gather(cand_i, 1, pos).long()
+        del cand_v, cand_i, pos
         sims = torch.empty_like(top_v)
         idx = torch.empty_like(top_i)
         sims[order] = top_v
         idx[order] = order[top_i]
+        del top_v, top_i
+        short = torch.nonzero(~torch.isfinite(sims).all(dim=1)).flatten()
+        if short.numel():  # fewer than k candidates: exact search of those rows
+            sims[short], idx[short] = torch.topk(x[short] @ x.T, k, dim=1)
     logger.debug("knn approx: IVF nlist=%d nprobe=%d, %d rows completed exactly", nlist, nprobe, int(short.numel()))
     return sims.cpu().numpy(), idx.cpu().numpy().astype(np.int64, copy=False)
 
