@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskcl.eval.metrics import Labels, rule_metrics, rule_metrics_from_features
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without PYTHONPATH or an install
+
+from maskcl.eval.metrics import Labels, rule_metrics, rule_metrics_from_features  # noqa: E402
 
 SIZES = {
     # name: (n_query, n_gallery, n_ids, n_cams, n_clothes, rule)

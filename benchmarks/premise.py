@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,8 @@ from typing import Callable
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without PYTHONPATH or an install
 
 from maskcl.cli import add_config_args, config_from_args
 from maskcl.cluster.pseudo_labels import generate_pseudo_labels

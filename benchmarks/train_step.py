@@ -21,14 +21,18 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from maskcl.config import TrainConfig
-from maskcl.engine.trainer import maskcl_losses
-from maskcl.memory import InstanceMemory
-from maskcl.models import TwoBranchNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without PYTHONPATH or an install
+
+from maskcl.config import TrainConfig  # noqa: E402
+from maskcl.engine.trainer import maskcl_losses  # noqa: E402
+from maskcl.memory import InstanceMemory  # noqa: E402
+from maskcl.models import TwoBranchNet  # noqa: E402
 
 
 def images_per_second(method: str, optimised: bool, args: argparse.Namespace, device: torch.device) -> float:
