@@ -6,7 +6,8 @@ Layout (datasets.md §4)::
     prcc/rgb/test/{A,B,C}/<pid>/*.jpg    (rgb/val and sketch/ are not read)
 
 pid = the folder name; camera A/B/C → 0/1/2 (train: the file name's first letter; test: the
-folder). Clothes per CAL's reading: A and B share ``(pid, 0)``, C is ``(pid, 1)``. Query =
+folder, since the real test files are ``rgb/test/{A,B,C}/<pid>/cropped_rgbNNN.jpg`` with no camera
+letter in the name, so no file-name pattern is applied there). Clothes per CAL's reading: A and B share ``(pid, 0)``, C is ``(pid, 1)``. Query =
 test/B ∪ test/C, gallery = test/A. Protocols: ``prcc_cc_single_shot`` (MaskCL's code and the
 original paper: C vs one random A image per pid, mean of seeded trials) first, then CAL's
 multi-shot ``prcc_cc`` (C vs all of A) and ``prcc_sc`` (B vs all of A).
@@ -53,12 +54,19 @@ def camera_of(path: Path, dataset: str = "prcc") -> int:
     return CAMERAS[GRAMMAR.match(path, dataset).group(1).upper()]
 
 
-def _walk(split_dir: Path, log: LoadLog) -> list[tuple[Path, int, int]]:
-    """``(path, pid, camera from the name)`` of ``split_dir/<pid>/*`` in sorted order."""
+def _walk(split_dir: Path, log: LoadLog, camera: int | None = None) -> list[tuple[Path, int, int]]:
+    """``(path, pid, camera)`` of ``split_dir/<pid>/*`` in sorted order.
+
+    ``camera=None`` (train) reads it from each file name's first letter; a test folder passes its
+    own camera, and its file names are not parsed at all.
+    """
     rows = []
     for pid_dir in list_subdirs(split_dir, log, "person-id"):
         pid = parse_pid(pid_dir, log.dataset)
-        rows.extend((path, pid, camera_of(path, log.dataset)) for path in list_images(pid_dir, log))
+        rows.extend(
+            (path, pid, camera_of(path, log.dataset) if camera is None else camera)
+            for path in list_images(pid_dir, log)
+        )
     return rows
 
 
@@ -75,14 +83,7 @@ def load_prcc(root: Path) -> DatasetSplits:
 
     test_rows: dict[str, list[tuple[Path, int, int]]] = {}
     for letter, cam in CAMERAS.items():
-        rows = _walk(rgb / "test" / letter, log)
-        mismatched = [p for p, _, name_cam in rows if name_cam != cam]
-        if mismatched:
-            log.warn(
-                f"{len(mismatched)} file(s) in '{rgb / 'test' / letter}' are named for another camera "
-                f"(e.g. '{mismatched[0].name}'); the folder decides the camera"
-            )
-        test_rows[letter] = [(p, pid, cam) for p, pid, _ in rows]
+        test_rows[letter] = _walk(rgb / "test" / letter, log, camera=cam)
     test_clothes = clothes_map(
         ((pid, int(cam == 2)) for rows in test_rows.values() for _, pid, cam in rows), offset=len(train_clothes)
     )
