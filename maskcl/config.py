@@ -3,7 +3,9 @@
 The tree mirrors ``params.yaml``: the knobs users sweep with ``dvc exp run -S`` (``seed``,
 ``method``, ``eps``, ``eps_gap``, ``k1``, ``k2``, ``min_samples``) sit at the top level; the rest
 is grouped. :meth:`Config.from_dict` rejects unknown keys, casts ints written for float keys
-(``-S eps=1`` writes an int) and validates ranges, naming the offending key in the error.
+(``-S eps=1`` writes an int) and numbers in scientific notation that YAML 1.1 reads as strings
+(``1e-4``, ``1.0e12``: PyYAML, Sacred's ``with params.yaml`` and ``dvc exp run -S`` all go through
+it) for float keys, and validates ranges, naming the offending key in the error.
 Defaults are the authors' code defaults (method.md); the small synthetic run overrides them in
 ``params.yaml``.
 """
@@ -11,6 +13,7 @@ Defaults are the authors' code defaults (method.md); the small synthetic run ove
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ MASK_SOURCES = ("ground_truth", "import", "schp")
 MASK_MODES = ("silhouette", "no_clothes", "parsing_grey")
 LABEL_SETS = ("lip", "atr", "pascal")
 DEVICES = ("auto", "cpu", "cuda")
+# a decimal number a float key accepts as a string: YAML 1.1 reads `1e-4` and `1.0e12` as strings
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -143,15 +148,7 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file '{path}' does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}': expected a mapping at the top, found {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,10 +159,42 @@ class Config:
         for dotted, value in overrides.items():
             node = data
             *parents, leaf = dotted.split(".")
-            for key in parents:
+            for depth, key in enumerate(parents):
+                group = ".".join(parents[: depth + 1])
+                if key not in node:
+                    groups = sorted(k for k, v in node.items() if isinstance(v, dict))
+                    raise ConfigError(f"unknown key '{dotted}': no group '{group}'; expected one of: {', '.join(groups)}")
                 node = node[key]
+                if not isinstance(node, dict):
+                    raise ConfigError(
+                        f"key '{dotted}': '{group}' is not a group (it is a single value, {node!r}), so it has no "
+                        f"key '{'.'.join(parents[depth + 1:] + [leaf])}'; expected '{group}=<value>' or a key of a "
+                        "group, e.g. 'train.lr'"
+                    )
             node[leaf] = value
         return Config.from_dict(data)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; a missing file, bad YAML or a non-mapping is one
+    :class:`ConfigError` line naming the file (and the line and column of a syntax error)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file '{path}' is a folder; expected a YAML file such as params.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not text; expected a YAML file such as params.yaml") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"config file '{path}' is not valid YAML{at}: {problem}; expected 'key: value' lines") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping at the top, found {type(data).__name__}")
+    return data
 
 
 def flatten_dict(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -220,6 +249,8 @@ def _coerce(kind: Any, value: Any, key: str, source: str) -> Any:
     expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[kind]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # `dvc exp run -S eps=1` writes an int
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML, Sacred, DVC) reads `1e-4` as a string
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{source}: '{key}' must be {expected} (true/false), found {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
