@@ -70,6 +70,15 @@ class OutputExistsError(MaskclError):
     """An output folder already holds files and ``--force`` was not given."""
 
 
+class OutputError(MaskclError):
+    """An output path cannot be written: a file where a folder is expected (or the reverse), a
+    full disk, no permission. Nothing half-written is left behind."""
+
+
+class OutputLockedError(OutputError):
+    """Another live process is training into the same output folder (it holds the folder's lock)."""
+
+
 def where(path: str | Path, detail: str = "") -> str:
     """Format a location for an error message: ``'<path>'`` or ``'<path>' (detail)``."""
     text = f"'{path}'"

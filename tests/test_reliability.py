@@ -116,7 +116,8 @@ def test_truncated_mask_read_for_training_is_a_mask_error(tmp_path: Path) -> Non
     _truncate(masks[0])
     data = TrainPairs([r.path for r in records], [0] * len(records), eval_transform(32, 16), masks,
                       eval_transform(32, 16))
-    with pytest.raises(MaskError, match=rf"mask '{masks[0]}' cannot be read .*expected a readable image"):
+    with pytest.raises(MaskError, match=rf"mask '{masks[0]}' cannot be read .*expected a readable PNG mask — "
+                       r"regenerate the masks with `maskcl masks --force`"):
         data[0]
 
 

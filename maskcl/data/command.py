@@ -1,7 +1,8 @@
 """``maskcl data``: index and validate the configured dataset (the DVC ``data`` stage).
 
 Loading runs every check of the dataset's loader (layout, file-name grammar, empty splits, query
-ids missing from the gallery, published counts), so a malformed download fails here, in seconds,
+ids missing from the gallery, published counts) and reads the header and end of every image of
+every split (:mod:`maskcl.data.integrity`), so a malformed download fails here, in seconds,
 with the file named, instead of hours later inside training. The summary it writes (counts per
 split, protocols, count warnings) is a DVC metrics file, so ``dvc metrics show`` tells which data
 a run saw.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,16 @@ def summarize(splits) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskcl.atomic import write_text_atomic
     from maskcl.cli import config_from_args
     from maskcl.data import build_dataset
+    from maskcl.data.integrity import check_split_images
 
     config = config_from_args(args)
     splits = build_dataset(config.dataset.name, config.dataset.root)
+    check_split_images(splits)  # headers and end markers of every image of every split
     summary = summarize(splits)
-    args.summary.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.summary.with_name(f".{args.summary.name}.tmp")
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(temporary, args.summary)
+    write_text_atomic(args.summary, json.dumps(summary, indent=2) + "\n", "summary file")
     for warning in summary["warnings"]:
         log.warning("%s: %s", splits.name, warning)
     log.info("%s at %s is valid; summary in %s", splits.name, splits.root, args.summary)

@@ -31,10 +31,11 @@ def load_rgb(path: Path, what: str = "image", error: type[MaskclError] = Dataset
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises SyntaxError for some corrupt headers
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise error(
-            f"{what} '{path}' cannot be read ({type(exc).__name__}: {reason}); expected a readable image "
-            "file (PNG/JPEG) — replace or remove it"
-        ) from None
+        if issubclass(error, MaskError):  # a mask is made by this project: regenerate, not replace
+            expected, fix = "a readable PNG mask", "regenerate the masks with `maskcl masks --force`"
+        else:
+            expected, fix = "a readable image file (PNG/JPEG)", "replace or remove it"
+        raise error(f"{what} '{path}' cannot be read ({type(exc).__name__}: {reason}); expected {expected} — {fix}") from None
 
 
 def mask_paths(records: Sequence[Record], dataset_root: Path, mask_root: Path) -> list[Path]:

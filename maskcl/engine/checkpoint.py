@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskcl.atomic import current_umask
 from maskcl.errors import CheckpointError
 
 FORMAT = 1
@@ -35,6 +38,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     except OSError as exc:
         raise CheckpointError(_write_failure(path, exc)) from exc
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; follow the umask like open()
         with os.fdopen(fd, "wb") as handle:
             torch.save({**state, "format": FORMAT}, handle)
             handle.flush()
@@ -74,17 +78,55 @@ def _write_failure(path: Path, exc: OSError) -> str:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely; every failure is a :class:`CheckpointError` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "last.pt"
+        hint = f" (it holds '{inside}')" if inside.is_file() else ""
+        raise CheckpointError(f"checkpoint '{path}' is a folder{hint}; expected a checkpoint file such as last.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a torch checkpoint file (neither a torch zip archive nor a legacy "
+            "pickle); expected a last.pt written by `maskcl train`"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint '{path}' cannot be loaded safely (weights_only=True): {type(exc).__name__}: {exc}"
-        ) from None
+        raise CheckpointError(_load_failure(path, exc)) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint '{path}' is not a maskcl checkpoint (no 'model' entry)")
     return state
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch ≥ 1.6; a truncated one still starts ``PK``) or a pickle stream (the
+    legacy format starts with protocol 2+)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One line: torch's refusal text spans lines and ends with advice to load unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+        found = _GLOBAL.search(text)
+        what = f" (it references the Python object {found.group(1)})" if found else ""
+        return (
+            f"checkpoint '{path}' is not a plain tensor checkpoint{what} and will not be unpickled: only "
+            "tensors and plain Python values are loaded (weights_only=True); expected a last.pt written by "
+            "`maskcl train`, or a state dict re-saved as plain tensors"
+        )
+    reason = " ".join(text.split()).split(". ")[0][:200] or type(exc).__name__  # first sentence
+    return (
+        f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {reason}); expected a whole last.pt "
+        "written by `maskcl train` (a truncated copy? copy it again)"
+    )
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], source: Path | str) -> None:

@@ -39,29 +39,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from maskcl.atomic import write_text_atomic
+    from maskcl.engine.distributed import launch_rank
+    from maskcl.engine.lock import train_lock
     from maskcl.engine.trainer import fit
 
-    from maskcl.engine.distributed import launch_rank
-
     cfg = config_from_args(args)
-    result = fit(cfg, args.out)
-    if launch_rank() != 0:  # every process returns the same result; rank 0 writes it
-        return 0
-    # the last epoch is the result; best_on_test is a test-set selection, stored under its own label
-    summary = {"epochs": result.epochs, "metrics": result.metrics, "best_on_test": result.best_on_test}
-    (Path(args.out) / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("last epoch %d: %s", result.epochs, json.dumps(result.metrics))
+    main = launch_rank() == 0
+    # the folder stays locked until metrics.json is written (fit takes the same lock again)
+    with train_lock(args.out) if main else nullcontext():
+        result = fit(cfg, args.out)
+        if not main:  # every process returns the same result; rank 0 writes it
+            return 0
+        # the last epoch is the result; best_on_test is a test-set selection, stored under its own label
+        summary = {"epochs": result.epochs, "metrics": result.metrics, "best_on_test": result.best_on_test}
+        log.info("last epoch %d: %s", result.epochs, json.dumps(result.metrics))
+        write_text_atomic(Path(args.out) / "metrics.json", json.dumps(summary, indent=2) + "\n", "metrics file")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from maskcl.atomic import write_text_atomic
     from maskcl.engine.trainer import evaluate_checkpoint
 
     cfg = config_from_args(args)
     metrics = evaluate_checkpoint(cfg, args.checkpoint, features_out=args.features)
     text = json.dumps(metrics, indent=2)
+    print(text, flush=True)  # first: a failed write below never loses the scores
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write_text_atomic(args.out, text + "\n", "metrics file")
     return 0

@@ -8,8 +8,12 @@ One epoch, in the authors' order (paper.md §2.3–2.6, OpenUnReID's runner orde
    curriculum ``K_e = floor(allknn · e / epochs)`` (e 0-based; no neighbour loss while ``K_e = 0``);
 3. ``iters`` Adam steps on P×K batches; after every step each memory slot of the batch moves
    toward its new feature;
-4. StepLR step; evaluation every ``eval_step`` epochs and at the last epoch (RGB ``f`` only);
-5. ``out_dir/last.pt`` (atomic) and ``out_dir/history.json``.
+4. StepLR step; ``out_dir/last.pt`` (atomic) and ``out_dir/history.json``;
+5. evaluation every ``eval_step`` epochs and at the last epoch (RGB ``f`` only), after the save
+   (an evaluation failure never loses the epoch; a resumed run scores it first), then saved again.
+
+``out_dir`` is held by a lock (:mod:`maskcl.engine.lock`): a second training into it refuses at
+once; temp files a killed save left there are removed at start, with a log line.
 
 Loss per step (all weights 1): ``L_rgb = focal + nbr`` on ``f_rgb``; ``L_mask = focal + nbr +
 cross-view instance + cross-view prototype`` on ``f_mask`` / ``g_rgb``; ``L_fusion = focal`` on
@@ -38,6 +42,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from maskcl.atomic import remove_stale_temps
 from maskcl.config import Config, config_changes
 from maskcl.data.dataset import TrainPairs
 from maskcl.data.records import DatasetSplits
@@ -61,8 +67,9 @@ from maskcl.engine.checkpoint import (
     save_checkpoint,
 )
 from maskcl.engine.extract import extract_features
+from maskcl.engine.lock import prepare_out_dir, train_lock
 from maskcl.engine.logger import NullLogger, RunLogger
-from maskcl.errors import CheckpointError, ClusteringError, ConfigError, TrainingError
+from maskcl.errors import CheckpointError, ClusteringError, ConfigError, MaskclError, TrainingError
 from maskcl.losses import (
     authors_neighbour_weights,
     cross_view_instance_loss,
@@ -109,6 +116,14 @@ def load_splits(cfg: Config) -> DatasetSplits:
     from maskcl.data import build_dataset
 
     return build_dataset(cfg.dataset.name, cfg.dataset.root)
+
+
+def check_images(splits: DatasetSplits, names=("train", "query", "gallery")) -> None:
+    from maskcl.data.integrity import check_split_images
+
+    # headers and end markers only (~30 µs a file): an unreadable gallery image fails here, not at
+    # the first evaluation an epoch later
+    check_split_images(splits, names)
 
 
 def check_masks(records, dataset_root, mask_root) -> list[Path]:
@@ -285,6 +300,7 @@ class Engine:
         records = _train_records(self.splits)
         if not records:
             raise ConfigError(f"dataset '{cfg.dataset.name}' at '{cfg.dataset.root}' has no training images")
+        check_images(self.splits)
         self.records = records
         self.image_paths = [r.path for r in records]
         self.camids = [r.camid for r in records]
@@ -326,6 +342,12 @@ class Engine:
         self.memories = {k: InstanceMemory.from_state_dict(v, self.device) for k, v in state["memories"].items()}
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
+        if self.start_epoch > self.cfg.train.epochs:
+            raise CheckpointError(
+                f"'{self.ckpt_path}' already holds {self.start_epoch} trained epochs but train.epochs is "
+                f"{self.cfg.train.epochs}; expected train.epochs >= {self.start_epoch} (train.epochs="
+                f"{self.start_epoch} returns that run as it is), or train into another --out folder"
+            )
         restore_rng(state["rng"], self.generator)
         if self.main:
             log.info("resumed from '%s' after epoch %d", self.ckpt_path, self.start_epoch)
@@ -523,9 +545,30 @@ class Engine:
         )
         _write_json(self.out_dir / HISTORY, self.history)
 
+    def _is_eval_epoch(self, epoch_done: int) -> bool:
+        return epoch_done % self.cfg.train.eval_step == 0 or epoch_done == self.cfg.train.epochs
+
+    def _evaluate_into(self, entry: dict[str, Any]) -> None:
+        """``entry["test"]`` = this epoch's scores; a failure names the checkpoint that kept the epoch."""
+        eval_start = time.perf_counter()
+        try:
+            entry["test"] = self.evaluate()
+        except MaskclError as exc:
+            raise type(exc)(
+                f"evaluation after epoch {entry['epoch']}: {exc} (the trained epoch is saved in "
+                f"'{self.ckpt_path}': fix this and run again to resume)"
+            ) from None
+        entry["eval_time_s"] = time.perf_counter() - eval_start
+
     def run(self) -> TrainResult:
         t = self.cfg.train
         start_time = time.perf_counter()
+        pending = self.history[-1] if self.history and self.start_epoch < t.epochs else None
+        if pending is not None and "test" not in pending and self._is_eval_epoch(int(pending["epoch"])):
+            # a run stopped during this epoch's evaluation (saved just before it): score it now
+            self._evaluate_into(pending)
+            self._log(pending, int(pending["epoch"]))
+            distributed.on_main(lambda: self._save(self.start_epoch))
         for epoch in range(self.start_epoch, t.epochs):
             epoch_start = time.perf_counter()
             labels, stats = self._labels(epoch)
@@ -538,12 +581,14 @@ class Engine:
                 "lr": lr, "iter_loss": self._trace,
             }
             step = epoch + 1
-            if (epoch + 1) % t.eval_step == 0 or epoch + 1 == t.epochs:
-                eval_start = time.perf_counter()
-                entry["test"] = self.evaluate()
-                entry["eval_time_s"] = time.perf_counter() - eval_start
             entry["epoch_time_s"] = time.perf_counter() - epoch_start
             self.history.append(entry)
+            if self._is_eval_epoch(epoch + 1):
+                # saved first, so an evaluation failure (an unreadable gallery image, a full disk,
+                # an OOM) never loses the trained epoch; saved again with the scores
+                distributed.on_main(lambda: self._save(epoch + 1))
+                self._evaluate_into(entry)
+                entry["epoch_time_s"] = time.perf_counter() - epoch_start
             self._log(entry, step)
             distributed.on_main(lambda: self._save(epoch + 1))  # the others wait for the file
             if self.main:
@@ -637,11 +682,25 @@ def fit(cfg: Config, out_dir: str | Path, logger: RunLogger | None = None) -> Tr
     """
     out_dir = Path(out_dir)
     with distributed.process_group(resolve_device(cfg.train.device)) as device:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run_logger = (logger or NullLogger()) if distributed.is_main() else NullLogger()
-        engine = Engine(cfg, out_dir, run_logger, device)
-        engine.setup()
-        return engine.run()
+        main = distributed.is_main()
+        prepare_out_dir(out_dir)  # a file given as --out: one line, on every process
+        # one training per folder: a second one refuses at once (rank 0 holds it for the run)
+        with train_lock(out_dir) if main else nullcontext():
+            if main:
+                _remove_stale_temps(out_dir)
+            run_logger = (logger or NullLogger()) if main else NullLogger()
+            engine = Engine(cfg, out_dir, run_logger, device)
+            engine.setup()
+            return engine.run()
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temp files a killed save left (``last.pt.<random>.tmp`` is the checkpoint's size): removed
+    while holding the folder's lock, so no live writer's file is taken."""
+    removed = remove_stale_temps(out_dir)
+    if removed:
+        names = ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in removed[:5])
+        log.info("removed %d unfinished temp file(s) left in '%s' by an interrupted run: %s", len(removed), out_dir, names)
 
 
 def evaluate_checkpoint(
@@ -651,10 +710,11 @@ def evaluate_checkpoint(
     ``features_out`` also saves the query/gallery features for retrieval pictures."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
+    splits = load_splits(cfg)
+    check_images(splits, ("query", "gallery"))  # before any model is built
     device = resolve_device(cfg.train.device)
     model = build_network(cfg.replace(**{"model.pretrained": "none"})).to(device)
     load_model_state(model, state["model"], checkpoint)
-    splits = load_splits(cfg)
     return evaluate_model(
         model, splits, cfg, device, cfg.train.amp and device.type == "cuda",
         features_out=Path(features_out) if features_out is not None else None,

@@ -89,11 +89,10 @@ def save_features(
         arrays[f"{prefix}_clothes"] = np.array([int(getattr(r, "clothes_id", -1)) for r in records], dtype=np.int64)
     arrays["root"] = np.array(root_text)
     arrays["format"] = np.array(FORMAT)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:  # a file handle keeps numpy from appending ".npz"
-        np.savez(handle, **arrays)
-    return path
+    from maskcl.atomic import write_atomic
+
+    # atomic (a full disk leaves no truncated .npz); a file handle keeps numpy from appending ".npz"
+    return write_atomic(path, lambda handle: np.savez(handle, **arrays), "features file")
 
 
 def load_features(path: str | Path, root: str | Path | None = None) -> FeatureSet:

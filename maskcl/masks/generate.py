@@ -404,15 +404,22 @@ def check_masks(
             "make them with `maskcl masks` (or `dvc repro masks`)"
         )
     if check_size:
+        from maskcl.data.integrity import inspect_image, unreadable_message
+
         wrong: list[str] = []
-        for record, path in zip(records, paths):
-            try:
-                mask_size = image_size(path)
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise MaskError(
-                    f"mask {where(path)} cannot be read ({type(exc).__name__}: {exc}); expected a readable PNG — "
-                    "remake the masks with `maskcl masks --force`"
-                ) from None
+        bad: list[tuple[Path, str]] = []
+        sizes: list[tuple[int, int] | None] = []
+        for path in paths:  # header and end marker of each mask: a mask cut short fails here
+            mask_size, problem = inspect_image(path)
+            sizes.append(mask_size)
+            if problem is not None:
+                bad.append((path, problem))
+        if bad:
+            raise MaskError(unreadable_message(
+                bad, len(paths), "mask", f"masks under {where(mask_root)}", "a whole PNG mask",
+                "regenerate the masks with `maskcl masks --force`",
+            ))
+        for record, path, mask_size in zip(records, paths, sizes):
             try:
                 size = image_size(record.path)
             except (OSError, ValueError, SyntaxError) as exc:
