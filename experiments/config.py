@@ -21,14 +21,16 @@ import copy
 import logging
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sacred import SETTINGS, Experiment
 from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
 
-from maskcl.config import Config
+from maskcl.config import Config, read_yaml_mapping
+from maskcl.errors import MaskclError
 
 # Capture print/logging through sys.stdout instead of tee-ing file descriptors 1/2 through
 # subprocesses: DataLoader workers and faiss cannot flood the record, and it works under pytest.
@@ -134,12 +136,75 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_commandline(ex: Experiment, argv: Sequence[str] | None, runs_dir: str | Path | None = None) -> int:
-    """``python -m experiments.<x> [with params.yaml key=value ...]`` with observers from the env."""
+    """``python -m experiments.<x> [with params.yaml key=value ...]`` with observers from the env.
+
+    A :class:`~maskcl.errors.MaskclError` (a bad value, a broken params.yaml, a bad environment
+    variable, a locked run folder …) prints ONE line ``experiments.<x>: error: …`` and returns its
+    exit code, as ``maskcl`` does: this is what ``dvc repro`` and ``dvc exp run`` show, and Sacred
+    would print its filtered traceback instead. Sacred still records the run as FAILED first.
+    """
     from experiments.observers import is_rank_zero, observers_from_env
 
     setup_logging(logging.INFO if is_rank_zero() else logging.WARNING)  # torchrun: rank 0 speaks
     install_sigterm_handler()
-    ex.observers[:] = observers_from_env(runs_dir)
     argv = list(sys.argv if argv is None else argv)
-    run = ex.run_commandline(argv)
+    program = _program(argv, ex)
+    try:
+        ex.observers[:] = observers_from_env(runs_dir)
+        check_config_files(argv)
+        with _maskcl_errors_raised():
+            run = ex.run_commandline(argv)
+    except MaskclError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0 if run is not None and run.status == "COMPLETED" else 1
+
+
+def _program(argv: Sequence[str], ex: Experiment) -> str:
+    """``experiments.train`` for ``python -m experiments.train`` / ``experiments/train.py``."""
+    first = Path(argv[0]) if argv else None
+    if first is not None and first.suffix == ".py":
+        return f"{first.parent.name}.{first.stem}" if first.parent.name else first.stem
+    return ex.path
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Read every ``with <file>.yaml`` of ``argv`` with the project's reader first, so a broken
+    params.yaml is one line naming the file, line and column (Sacred would raise deep inside)."""
+    if "with" not in argv:
+        return
+    for word in argv[list(argv).index("with") + 1:]:
+        if "=" not in word and Path(word).suffix.lower() in (".yaml", ".yml") and Path(word).exists():
+            read_yaml_mapping(word)
+
+
+def _first_maskcl_error(exc: BaseException | None) -> MaskclError | None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MaskclError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def _maskcl_errors_raised() -> Iterator[None]:
+    """While Sacred's command line runs, let a MaskclError leave it (to be printed on one line)
+    instead of being printed as a filtered traceback: Sacred calls ``print_filtered_stacktrace``
+    inside its ``except`` block, after the run's observers have recorded the failure."""
+    import sacred.experiment
+
+    original = sacred.experiment.print_filtered_stacktrace
+
+    def raise_maskcl_error(*args: Any, **kwargs: Any) -> None:
+        error = _first_maskcl_error(sys.exc_info()[1])
+        if error is not None:
+            raise error.with_traceback(None) from None
+        original(*args, **kwargs)
+
+    sacred.experiment.print_filtered_stacktrace = raise_maskcl_error
+    try:
+        yield
+    finally:
+        sacred.experiment.print_filtered_stacktrace = original

@@ -31,6 +31,8 @@ from typing import Any
 
 from sacred.observers import FileStorageObserver, MongoObserver, RunObserver
 
+from maskcl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ENV_URL = "MASKCL_MONGO_URL"
@@ -99,7 +101,16 @@ def mongo_settings() -> tuple[str | None, str, int]:
     """(url or None, database name, timeout in ms) from the environment."""
     url = os.environ.get(ENV_URL, "").strip() or None
     db_name = os.environ.get(ENV_DB, "").strip() or DEFAULT_DB
-    timeout_ms = int(os.environ.get(ENV_TIMEOUT_MS, DEFAULT_TIMEOUT_MS))
+    raw = os.environ.get(ENV_TIMEOUT_MS, "").strip()
+    try:
+        timeout_ms = int(raw) if raw else DEFAULT_TIMEOUT_MS
+    except ValueError:
+        timeout_ms = -1
+    if timeout_ms <= 0:
+        raise ConfigError(
+            f"environment variable {ENV_TIMEOUT_MS} is {raw!r}; expected a whole number of milliseconds > 0 "
+            f"(default {DEFAULT_TIMEOUT_MS})"
+        )
     return url, db_name, timeout_ms
 
 

@@ -112,7 +112,18 @@ def follower_run(cfg: Config, io: dict[str, Any]) -> dict[str, dict[str, float]]
 
 
 def train_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:
-    """The body of ``main`` (split out so tests can call it with a stand-in run)."""
+    """The body of ``main`` (split out so tests can call it with a stand-in run).
+
+    It holds ``out_dir``'s lock (:mod:`maskcl.engine.lock`) from before the resume decision until
+    the metrics are written, so a second training into the folder refuses at once, naming the PID.
+    """
+    from maskcl.engine.lock import train_lock
+
+    with train_lock(Path(io["out_dir"])):
+        return _train_locked(cfg, io, run)
+
+
+def _train_locked(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:
     from maskcl import engine
 
     out_dir = Path(io["out_dir"])
@@ -233,6 +244,9 @@ def _set_aside(out_dir: Path, run_id: Any) -> Path:
     while target.exists():
         target, k = base.with_name(f"{base.name}-{k}"), k + 1
     out_dir.rename(target)
+    from maskcl.engine.lock import LOCK_NAME
+
+    (target / LOCK_NAME).unlink(missing_ok=True)  # ours, held: the new out_dir gets its own lock
     return target
 
 
