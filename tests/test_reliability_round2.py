@@ -44,7 +44,7 @@ from maskcl.data.integrity import inspect_image
 from maskcl.engine import trainer
 from maskcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from maskcl.engine.lock import LOCK_NAME, train_lock
-from maskcl.errors import CheckpointError, ConfigError, DatasetError, MaskError, OutputError, OutputLockedError
+from maskcl.errors import ConfigError, DatasetError, MaskError, OutputLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
