@@ -93,24 +93,45 @@ class SacredRunLogger:
         self.run.info[safe_key(key)] = plain_value(value)
 
 
+# Tracked files the pipeline itself rewrites while it runs: DVC writes dvc.lock after each stage and
+# the stages write their metrics/plots files (git-tracked, `cache: false`) under results/;
+# `dvc exp run -S` edits params.yaml (the run's config, which Sacred records in full). A change
+# there does not make the *code* differ from the commit, so it does not make a run dirty.
+PIPELINE_PRODUCTS = ("dvc.lock", "params.yaml", "results/")
+
+
 def git_info(root: Path) -> dict[str, Any]:
-    """Commit and dirty flag (untracked files ignored, like Sacred); empty values outside git."""
+    """Commit, dirty flag and the changed tracked paths (untracked files ignored, like Sacred).
+
+    ``dirty`` is True when a tracked file other than the pipeline's own products
+    (:data:`PIPELINE_PRODUCTS`) differs from the commit; ``changed`` lists every changed tracked
+    path, products included, so nothing is hidden. Empty values outside git.
+    """
 
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.SubprocessError):
             return None
-        return done.stdout.strip() if done.returncode == 0 else None
+        return done.stdout if done.returncode == 0 else None
 
-    commit = git("rev-parse", "--verify", "--quiet", "HEAD")
+    commit = (git("rev-parse", "--verify", "--quiet", "HEAD") or "").strip()
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit or "", "dirty": bool(status) if status is not None else None}
+    if status is None:
+        return {"commit": commit, "dirty": None, "changed": []}
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line.strip()]
+    dirty = any(not _is_pipeline_product(path) for path in changed)
+    return {"commit": commit, "dirty": dirty, "changed": changed}
+
+
+def _is_pipeline_product(path: str) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in PIPELINE_PRODUCTS)
 
 
 def data_hashes(root: Path) -> dict[str, Any]:
-    """The DVC hashes of the inputs: ``data.dvc`` (user datasets) and the synthetic stage's output
-    recorded in ``dvc.lock`` (absent before the first ``dvc repro``)."""
+    """The DVC hashes of the inputs: ``data.dvc`` (user datasets) and the synthetic set, an output
+    of the ``synth`` stage recorded in ``dvc.lock`` (absent before the first ``dvc repro``; DVC
+    writes each stage's lock entry as soon as that stage finishes, so a later stage reads it)."""
     hashes: dict[str, Any] = {}
     try:
         data_dvc = yaml.safe_load((root / "data.dvc").read_text()) or {}
@@ -120,9 +141,10 @@ def data_hashes(root: Path) -> dict[str, Any]:
         pass
     try:
         lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
-        for out in lock.get("stages", {}).get("data", {}).get("outs", []) or []:
-            if out.get("path") == SYNTH_STAGE_OUT:
-                hashes["synthetic"] = {"md5": out.get("md5"), "size": out.get("size"), "nfiles": out.get("nfiles")}
+        for stage in (lock.get("stages") or {}).values():  # the stage's name does not matter, its output does
+            for out in (stage or {}).get("outs", []) or []:
+                if out.get("path") == SYNTH_STAGE_OUT:
+                    hashes["synthetic"] = {"md5": out.get("md5"), "size": out.get("size"), "nfiles": out.get("nfiles")}
     except (OSError, yaml.YAMLError, AttributeError):
         pass
     return hashes
@@ -171,6 +193,7 @@ def provenance(root: Path, cfg: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
+        "git_changed": git["changed"],
         "data_hash": data_hash(hashes, cfg.dataset.name),
         "data_hashes": hashes,
         "dataset": cfg.dataset.name,
@@ -193,9 +216,11 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], first: str = "epoch") -> None:
-    """Rows → CSV with ``first`` as the first column and the other columns sorted; missing cells empty."""
-    columns = sorted({key for row in rows for key in row} - {first})
+def write_csv(path: Path, rows: list[dict[str, Any]], first: str = "epoch", sort: bool = True) -> None:
+    """Rows → CSV with ``first`` as the first column and the other columns sorted (or in first-seen
+    order with ``sort=False``); missing cells empty."""
+    seen = list(dict.fromkeys(key for row in rows for key in row if key != first))
+    columns = sorted(seen) if sort else seen
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
@@ -204,6 +229,74 @@ def write_csv(path: Path, rows: list[dict[str, Any]], first: str = "epoch") -> N
         for row in rows:
             writer.writerow(row)
     os.replace(tmp, path)
+
+
+# ---- DVC files: metrics only, byte-identical when the results are (DESIGN §3) -----------------
+# Run ids, commits, counts and timings live in the Sacred record (which also holds each file's
+# md5), never in a DVC output: dvc.lock and results/ then change only when a number does.
+HEADLINE_METRICS = ("mAP", "rank1")
+PROTOCOL_METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20")
+DECIMALS = 4  # of a percentage: far below any difference that means something
+VOLATILE_COLUMNS = ("sacred_run_id",)  # and any column ending in "time_s" (wall-clock timings)
+
+
+def expand_path(template: str, method: str) -> str:
+    """An ``io`` path with ``{method}`` filled in (``results/{method}/metrics.json``)."""
+    return str(template).replace("{method}", method)
+
+
+def headline_metrics(method: str, metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The DVC metrics file of one evaluation: ``{method: {protocol: {mAP, rank1}}}``.
+
+    Only the dataset's first protocol (its clothes-changing one: ``cc``, ``ltcc_cc_maskcl`` on
+    real LTCC, ``prcc_cc``) and two numbers, keyed by method so that ``dvc exp show`` names each
+    column once (``maskcl.cc.mAP``; a key repeated across files gets the file path as prefix) and
+    ``--only-changed`` fits a terminal. Every protocol and rank-k is in ``protocols.csv``.
+    """
+    protocol = next(iter(metrics), None)
+    if protocol is None:
+        return {method: {}}
+    values = metrics[protocol]
+    return {method: {protocol: {k: round(float(values[k]), DECIMALS) for k in HEADLINE_METRICS if k in values}}}
+
+
+def protocol_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per protocol with mAP and rank-1/5/10/20 (the DVC plot ``protocols.csv``); no counts."""
+    return [
+        {"protocol": protocol, **{k: round(float(v[k]), DECIMALS) for k in PROTOCOL_METRICS if k in v}}
+        for protocol, v in metrics.items()
+    ]
+
+
+def is_volatile(column: str) -> bool:
+    """Columns that differ between two runs of identical results (ids, wall-clock timings)."""
+    return column in VOLATILE_COLUMNS or column.endswith("time_s")
+
+
+def split_epoch_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows, test rows) for DVC plots, timings and ids dropped.
+
+    Training rows hold every epoch's loss / clusters; test rows only the evaluation epochs, with
+    ``<protocol>_mAP`` and ``<protocol>_rank1`` (a blank cell in a CSV plot is no number).
+    """
+    train_rows, test_rows = [], []
+    for row in rows:
+        train = {k: v for k, v in row.items() if not k.startswith("test_") and not is_volatile(k)}
+        test = {
+            k[len("test_"):]: round(float(v), DECIMALS)
+            for k, v in row.items()
+            if k.startswith("test_") and k.rsplit("_", 1)[-1] in HEADLINE_METRICS
+        }
+        train_rows.append(train)
+        if test:
+            test_rows.append({"epoch": row["epoch"], **test})
+    return train_rows, test_rows
+
+
+def output_digests(paths: Mapping[str, str | Path]) -> dict[str, Any]:
+    """``{name: {path, md5, size}}`` of the files that exist: the Sacred record's link to the DVC
+    outputs (the report finds the runs of an experiment by these md5s)."""
+    return {name: file_digest(Path(path)) for name, path in paths.items() if path and Path(path).is_file()}
 
 
 def code_digest(root: Path | None = None) -> str:

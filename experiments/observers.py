@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
 
 from sacred.observers import FileStorageObserver, MongoObserver, RunObserver
+
+from maskcl.report.sync import file_store_key  # noqa: F401  (one key for live runs and the sync)
 
 from maskcl.errors import ConfigError
 
@@ -133,19 +134,6 @@ def ping(url: str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - any failure means "use files only"
         return redact(f"{type(exc).__name__}: {exc}", url)
-
-
-def file_store_key(runs_dir: Path | str, run_id: Any, host: str | None = None) -> dict[str, Any]:
-    """The stable identity of a file-store run: host, absolute runs folder, run id.
-
-    Stored in ``info`` of both the file-store run and its MongoDB copy; the sync tool looks a run
-    up by these three fields, so re-sending is idempotent.
-    """
-    return {
-        "file_store_id": int(run_id) if str(run_id).isdigit() else str(run_id),
-        "file_store_host": host or platform.node(),
-        "file_store_dir": str(Path(runs_dir).resolve()),
-    }
 
 
 class MaskclMongoObserver(MongoObserver):

@@ -14,14 +14,19 @@ global batch: :mod:`maskcl.engine.distributed`).
 The main function is thin: Sacred config → typed :class:`~maskcl.config.Config` →
 ``maskcl.engine.fit(cfg, out_dir, logger)``. Per epoch the engine logs ``train.loss``,
 ``cluster.n_clusters`` … and every ``eval_step`` epochs ``test.<protocol>.mAP``/``rank1`` through
-:class:`~experiments.common.SacredRunLogger`. The stage then writes, each carrying the Sacred run
-id (DVC's run cache can restore a stage without running it, so a result must point at its run):
+:class:`~experiments.common.SacredRunLogger`. ``{method}`` in an ``io`` path is the run's method
+(the pipeline trains each method into its own folder). The stage then writes DVC plots files
+that hold numbers only — no run id, commit or timing, so a re-run with identical results leaves
+them (and ``dvc.lock``) byte-identical:
 
-* ``results/train/metrics.json`` (DVC metrics; also a Sacred artifact),
-* ``results/train/epochs.csv`` (DVC plots: one row per epoch, columns ``train_loss``,
-  ``cluster_n_clusters``, ``test_cc_mAP`` … — test columns are filled on evaluation epochs only).
+* ``results/<method>/epochs.csv``: one row per epoch (``train_loss``, ``cluster_n_clusters`` …),
+* ``results/<method>/test_epochs.csv``: one row per evaluation epoch (``cc_mAP``, ``cc_rank1`` …).
 
-The checkpoint folder (``io.out_dir``, a DVC ``persist: true`` output) is never a Sacred artifact.
+The Sacred record holds what identifies the run instead: ids, commit, timings, and the md5 of
+each output (``info.outputs``), which is how a DVC result is traced back to its run (DVC's run
+cache can restore a stage without running it: the restored file has the md5 of the run that
+made it). The checkpoint folder (``io.out_dir``, a DVC ``persist: true`` output) is never a
+Sacred artifact; its ``sacred_run.json`` marker is in ``.dvcignore``, outside DVC's hash.
 
 Resume (kill -9, power loss): ``fit`` resumes from ``out_dir/last.pt``. This module writes
 ``out_dir/sacred_run.json`` (run ids, config, data hash) at the start of each run; the next run
@@ -38,6 +43,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +56,14 @@ from experiments.common import (
     device_info,
     Timer,
     dvc_name,
-    file_digest,
+    expand_path,
     number,
+    output_digests,
     plain_metrics,
     plain_value,
     provenance,
     run_identity,
+    split_epoch_rows,
     write_csv,
     write_json,
 )
@@ -84,9 +92,10 @@ HISTORY_NAMES = {
 ex = configure(
     Experiment(NAME, save_git_info=has_git_commit()),
     {
-        "out_dir": "generated/train",  # checkpoints (DVC out, persist: true); resumed from last.pt
-        "metrics": "results/train/metrics.json",  # DVC metrics of the train stage
-        "epochs": "results/train/epochs.csv",  # DVC plots: one row per epoch
+        "out_dir": "generated/train/{method}",  # checkpoints (DVC out, persist: true); resumed from last.pt
+        "metrics": "",  # optional training figures {method: {train: {loss, clusters}}} ("" = none)
+        "epochs": "results/{method}/epochs.csv",  # DVC plots: one row per epoch (loss, clusters)
+        "test_epochs": "results/{method}/test_epochs.csv",  # DVC plots: mAP/rank-1 per evaluation epoch
     },
 )
 
@@ -108,7 +117,8 @@ def follower_run(cfg: Config, io: dict[str, Any]) -> dict[str, dict[str, float]]
     """
     from maskcl import engine
 
-    return plain_metrics(final_metrics(engine.fit(cfg, Path(io["out_dir"]), engine.NullLogger())))
+    out_dir = Path(expand_path(io["out_dir"], cfg.method))
+    return plain_metrics(final_metrics(engine.fit(cfg, out_dir, engine.NullLogger())))
 
 
 def train_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:
@@ -119,14 +129,14 @@ def train_run(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, 
     """
     from maskcl.engine.lock import train_lock
 
-    with train_lock(Path(io["out_dir"])):
+    with train_lock(Path(expand_path(io["out_dir"], cfg.method))):
         return _train_locked(cfg, io, run)
 
 
 def _train_locked(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[str, float]]:
     from maskcl import engine
 
-    out_dir = Path(io["out_dir"])
+    out_dir = Path(expand_path(io["out_dir"], cfg.method))
     identity = run_identity(run)
     run.info.update(provenance(Path.cwd(), cfg))
     run.info.update(identity)
@@ -143,6 +153,18 @@ def _train_locked(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[s
 
     final = plain_metrics(final_metrics(result))
     rows = epoch_rows(logger.rows, result)
+    train_rows, test_rows = split_epoch_rows(rows)
+    paths = {name: expand_path(io.get(name) or "", cfg.method) for name in ("metrics", "epochs", "test_epochs")}
+    if paths["epochs"]:
+        write_csv(Path(paths["epochs"]), train_rows)
+    if paths["test_epochs"]:
+        write_csv(Path(paths["test_epochs"]), test_rows)
+    if paths["metrics"]:
+        write_json(Path(paths["metrics"]), training_figures(cfg.method, rows))
+    for name in ("epochs", "test_epochs", "metrics"):
+        if paths[name] and Path(paths[name]).is_file():
+            run.add_artifact(paths[name], name=Path(paths[name]).name if name != "metrics" else "train_metrics.json")
+    # what identifies this run lives here, in the record, not in the DVC files
     summary = {
         "dataset": cfg.dataset.name,
         "method": cfg.method,
@@ -154,15 +176,18 @@ def _train_locked(cfg: Config, io: dict[str, Any], run: Any) -> dict[str, dict[s
         "last_epoch": {k: v for k, v in (rows[-1] if rows else {}).items() if k != "epoch"},
         "protocols": final,
     }
-    metrics_path, epochs_path = Path(io["metrics"]), Path(io["epochs"])
-    write_json(metrics_path, summary)
-    write_csv(epochs_path, [{**row, "sacred_run_id": identity["sacred_run_id"]} for row in rows])
-    run.add_artifact(str(metrics_path), name="train_metrics.json")
-    run.add_artifact(str(epochs_path), name="epochs.csv")
-    checkpoint = out_dir / CHECKPOINT
-    if checkpoint.is_file():
-        run.info["outputs"] = {"checkpoint": file_digest(checkpoint)}  # DVC versions the file itself
+    with tempfile.TemporaryDirectory() as tmp:
+        write_json(Path(tmp) / "train_summary.json", summary)
+        run.add_artifact(str(Path(tmp) / "train_summary.json"), name="train_summary.json")
+    run.info["outputs"] = output_digests({"checkpoint": out_dir / CHECKPOINT, **paths})
     return final
+
+
+def training_figures(method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A few numbers of the last epoch for a DVC metrics file: loss and cluster counts."""
+    last = rows[-1] if rows else {}
+    keys = {"train_loss": "loss", "cluster_n_clusters": "clusters", "cluster_n_unclustered": "unclustered"}
+    return {method: {"train": {short: round(float(last[k]), 4) for k, short in keys.items() if k in last}}}
 
 
 def final_metrics(result: Any) -> dict[str, dict[str, Any]]:

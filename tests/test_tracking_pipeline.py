@@ -85,31 +85,38 @@ def test_dvc_repro_then_an_eps_experiment(tmp_path: Path) -> None:
     git("commit", "-q", "-m", "baseline")
 
     out = dvc("repro")
-    for stage in ("synth", "data", "masks", "train", "evaluate", "report"):
+    for stage in ("synth", "data", "masks", "train@maskcl", "train@rgb", "evaluate@maskcl", "evaluate@rgb", "report"):
         assert f"Running stage '{stage}'" in out
-    metrics = json.loads((repo / "results/metrics.json").read_text())
-    assert metrics["dataset"] == "synthetic" and metrics["protocols"] and isinstance(metrics["sacred_run_id"], int)
-    assert (repo / "results/train/epochs.csv").read_text().startswith("epoch,")
-    for output in ("results/features.npz", "results/plots/retrieval.png", "results/tables/main.tex"):
+    for method in ("maskcl", "rgb"):  # metrics only: {method: {protocol: {mAP, rank1}}}, no ids
+        metrics = json.loads((repo / f"results/{method}/metrics.json").read_text())
+        assert list(metrics) == [method] and set(metrics[method]["cc"]) == {"mAP", "rank1"}
+        assert (repo / f"results/{method}/epochs.csv").read_text().startswith("epoch,")
+        assert (repo / f"results/{method}/protocols.csv").read_text().startswith("protocol,mAP,rank1")
+    for output in ("results/maskcl/features.npz", "results/plots/retrieval.png", "results/tables/main.tex",
+                   "results/plots/curves_cc.pdf"):
         assert (repo / output).stat().st_size > 0, output
+    main_md = (repo / "results/tables/main.md").read_text()
+    assert "MaskCL (ours)" in main_md and "RGB-only (ours)" in main_md  # a comparison out of the box
     runs = repo / "runs" / "sacred"
-    assert json.loads((runs / str(metrics["sacred_run_id"]) / "run.json").read_text())["status"] == "COMPLETED"
+    infos = [json.loads(p.read_text()) for p in sorted(runs.glob("*/info.json"), key=lambda p: int(p.parent.name))]
+    assert all(i["git_dirty"] is False and i["data_hash"].endswith(".dir") for i in infos)
+    lock = (repo / "dvc.lock").read_bytes()
     git("add", "-A")
     git("commit", "-q", "-m", "pipeline results")
 
     out = dvc("exp", "run", "-S", "eps=0.55")
-    for stage in ("synth", "data"):
+    for stage in ("synth", "data", "masks"):
         assert re.search(rf"Stage '{stage}' didn't change, skipping", out), out
-    assert re.search(r"Stage 'masks' didn't change, skipping", out), out
-    for stage in ("train", "evaluate"):
+    for stage in ("train@maskcl", "evaluate@rgb", "report"):
         assert f"Running stage '{stage}'" in out
-    train_runs = [json.loads((p.parent / "config.json").read_text()) for p in sorted(runs.glob("*/run.json"))
+    train_runs = [json.loads((p.parent / "config.json").read_text()) for p in sorted(runs.glob("*/run.json"), key=lambda p: int(p.parent.name))
                   if json.loads(p.read_text())["experiment"]["name"] == "maskcl_train"]
-    assert [c["eps"] for c in train_runs] == [0.6, 0.55]
-    new_metrics = json.loads((repo / "results/metrics.json").read_text())
-    assert new_metrics["sacred_run_id"] > metrics["sacred_run_id"]
-    info = json.loads((runs / str(new_metrics["sacred_run_id"]) / "info.json").read_text())
-    assert info["dvc_exp_name"] and info["dvc_stage"] == "evaluate" and info["git_commit"]
+    assert [c["eps"] for c in train_runs] == [0.6, 0.6, 0.55, 0.55]
+    trace = [line for line in out.splitlines() if "behind the table" in line]
+    assert len(trace) == 2 and all("run " in line for line in trace), out  # this experiment's 2 evaluate runs
+    csv_text = (repo / "results/tables/main.csv").read_text()
+    assert "MaskCL (ours)" in csv_text and "RGB-only (ours)" in csv_text
+    assert "ablation" not in " ".join(p.name for p in (repo / "results/tables").iterdir())  # one setting only
 
     shown = json.loads(dvc("exp", "show", "--json"))
     eps_values = {
@@ -118,4 +125,5 @@ def test_dvc_repro_then_an_eps_experiment(tmp_path: Path) -> None:
     }
     assert {0.6, 0.55} <= eps_values
     assert re.search(r"eps\s+0\.6\s+0\.55", dvc("params", "diff"))
-    assert "results/metrics.json" in dvc("metrics", "diff")
+    assert "results/maskcl/metrics.json" in dvc("metrics", "diff")
+    assert lock  # the baseline's dvc.lock, compared below by a second clean run

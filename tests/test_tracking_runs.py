@@ -5,9 +5,11 @@ metrics/plots files, interruption and resume, and secrets kept out of every reco
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,25 +126,108 @@ def test_file_store_records_config_metrics_info_and_artifacts(tmp_path: Path, en
     info = rec["info"]
     assert info["file_store_id"] == 1 and info["sacred_run_id"] == 1 and info["dvc_exp_name"] == "exp-abc12"
     assert info["device"] == "cpu (fake)" and info["dataset"] == "synthetic" and "fit_s" in info["timings"]
-    assert sorted(rec["run"]["artifacts"]) == ["epochs.csv", "train_metrics.json"]  # never the checkpoint
+    assert sorted(rec["run"]["artifacts"]) == ["epochs.csv", "test_epochs.csv", "train_metrics.json",
+                                               "train_summary.json"]  # never the checkpoint
     assert info["outputs"]["checkpoint"]["size"] > 0
 
+    # the DVC files hold numbers only (no run id, commit, count, timing): identical results, identical bytes
     train_metrics = json.loads((tmp_path / "results/train/metrics.json").read_text())
-    assert train_metrics["sacred_run_id"] == 1 and train_metrics["protocols"] == FINAL
+    assert train_metrics == {"maskcl": {"train": {"loss": round(loss_at(3), 4), "clusters": 13.0}}}
+    summary = json.loads((rec["dir"] / "train_summary.json").read_text())
+    assert summary["sacred_run_id"] == 1 and summary["protocols"] == FINAL  # ids live in the Sacred record
     rows = list(csv.DictReader((tmp_path / "results/train/epochs.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and {r["sacred_run_id"] for r in rows} == {"1"}
-    assert rows[0]["test_cc_mAP"] == "" and float(rows[1]["test_cc_mAP"]) == 20.5
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and set(rows[0]) == {"epoch", "train_loss", "cluster_n_clusters"}
+    test_rows = list(csv.DictReader((tmp_path / "results/train/test_epochs.csv").open()))
+    assert [(r["epoch"], float(r["cc_mAP"])) for r in test_rows] == [("2", 20.5), ("3", 30.5)]
+    assert info["outputs"]["epochs"]["md5"] and info["outputs"]["test_epochs"]["md5"]
 
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert metrics["sacred_run_id"] == 2 and metrics["train_sacred_run_id"] == 1
-    assert (metrics["dataset"], metrics["method"], metrics["seed"]) == ("synthetic", "maskcl", 111)
-    assert set(metrics) >= {"git_commit", "protocols"}
+    assert metrics == {"maskcl": {"standard": {"mAP": 61.2346, "rank1": 70.5}}}  # the dataset's first protocol
+    protocols = list(csv.DictReader((tmp_path / "results/protocols.csv").open()))
+    assert [r["protocol"] for r in protocols] == ["standard", "cc"] and "n_queries" not in protocols[0]
+    assert math.isclose(float(protocols[1]["rank5"]), 60.125)
+    e_rec = file_run(runs, 2)
+    e_info = e_rec["info"]
+    assert e_info["sacred_run_id"] == 2 and e_info["train_run"]["sacred_run_id"] == 1 and e_info["git_commit"] is not None
+    assert e_info["outputs"]["metrics"]["md5"] == hashlib.md5((tmp_path / "results/metrics.json").read_bytes()).hexdigest()
     for protocol, values in FINAL.items():
         for key, value in values.items():
-            assert math.isclose(metrics["protocols"][protocol][key], value, rel_tol=1e-6)
-    e_rec = file_run(runs, 2)
-    assert e_rec["info"]["metrics"] == metrics["protocols"] and e_rec["run"]["result"] == metrics["protocols"]
-    assert e_rec["run"]["artifacts"] == ["eval_metrics.json"]
+            assert math.isclose(e_info["metrics"][protocol][key], value, rel_tol=1e-6)
+    assert e_rec["run"]["result"] == e_info["metrics"]
+    assert sorted(e_rec["run"]["artifacts"]) == ["eval_metrics.json", "protocols.csv"]
+
+
+def test_an_identical_rerun_writes_identical_dvc_files(tmp_path: Path, engine: FakeEngine, experiments) -> None:
+    """DVC files carry no run id or timing: re-running the same result leaves their bytes alone."""
+    train, evaluate = experiments
+    runs = tmp_path / "runs"
+    files = ["results/train/metrics.json", "results/train/epochs.csv", "results/train/test_epochs.csv",
+             "results/metrics.json", "results/protocols.csv"]
+
+    def once() -> dict[str, bytes]:
+        run_experiment(train.ex, runs, small_updates(tmp_path), named=(str(PARAMS),))
+        run_experiment(evaluate.ex, runs, eval_updates(tmp_path), named=(str(PARAMS),))
+        return {name: (tmp_path / name).read_bytes() for name in files}
+
+    first = once()
+    shutil.rmtree(tmp_path / "generated")  # a fresh start, not a resume
+    assert once() == first
+    assert file_run(runs, 4)["info"]["sacred_run_id"] == 4  # a new run all the same
+
+
+def test_evaluate_finds_its_train_run_by_checkpoint_md5(tmp_path: Path, engine: FakeEngine, experiments,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """DVC restores a checkpoint folder from its cache without the (dvcignored) marker."""
+    train, evaluate = experiments
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("MASKCL_RUNS_DIR", str(runs))
+    run_experiment(train.ex, runs, small_updates(tmp_path), named=(str(PARAMS),))
+    (tmp_path / "generated" / "train" / "sacred_run.json").unlink()
+    run = run_experiment(evaluate.ex, runs, eval_updates(tmp_path), named=(str(PARAMS),))
+    assert run.info["train_run"]["file_store_id"] == 1
+
+
+def test_io_paths_follow_the_method(tmp_path: Path, engine: FakeEngine, experiments) -> None:
+    """The pipeline's foreach runs `with params.yaml method=rgb`: each method its own folder."""
+    train, evaluate = experiments
+    updates = {"method": "rgb", "train": {"epochs": 3, "eval_step": 2}}
+    run_experiment(train.ex, tmp_path / "runs", updates, named=(str(PARAMS),))
+    run_experiment(evaluate.ex, tmp_path / "runs", {"method": "rgb"}, named=(str(PARAMS),))
+    assert (tmp_path / "generated/train/rgb/last.pt").is_file()
+    assert (tmp_path / "results/rgb/epochs.csv").is_file() and (tmp_path / "results/rgb/test_epochs.csv").is_file()
+    assert list(json.loads((tmp_path / "results/rgb/metrics.json").read_text())) == ["rgb"]
+    assert not (tmp_path / "results/maskcl").exists()
+
+
+def test_git_dirty_ignores_what_the_pipeline_rewrites(tmp_path: Path) -> None:
+    """dvc.lock, params.yaml (-S) and results/ change during `make repro`: the code is still clean."""
+    from experiments.common import git_info
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    for name in ("dvc.lock", "params.yaml", "results/maskcl/metrics.json", "maskcl/x.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    for name in ("dvc.lock", "params.yaml", "results/maskcl/metrics.json"):
+        (tmp_path / name).write_text("b\n")
+    info = git_info(tmp_path)
+    assert info["dirty"] is False and sorted(info["changed"]) == ["dvc.lock", "params.yaml", "results/maskcl/metrics.json"]
+    (tmp_path / "maskcl/x.py").write_text("b\n")
+    assert git_info(tmp_path)["dirty"] is True
+
+
+def test_data_hash_of_the_synthetic_stage_and_of_data_dvc(tmp_path: Path) -> None:
+    from experiments.common import data_hash, data_hashes
+
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "synth": {"cmd": "x", "outs": [{"path": "generated/synthetic", "md5": "abc.dir", "size": 3, "nfiles": 2}]}}}))
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "def.dir", "size": 9, "nfiles": 4, "path": "data"}]}))
+    hashes = data_hashes(tmp_path)
+    assert data_hash(hashes, "synthetic") == "abc.dir" and data_hash(hashes, "ltcc") == "def.dir"
 
 
 # ------------------------------------------------------------------------------ MongoDB
@@ -162,7 +247,7 @@ def check_mongo_records(db: Any, runs: Path) -> None:
         assert math.isclose(value, loss_at(epoch), rel_tol=1e-6)
     fs = gridfs.GridFS(db)
     artifacts = {a["name"]: json.loads(fs.get(a["file_id"]).read()) for a in train_doc["artifacts"] if a["name"].endswith(".json")}
-    assert artifacts["train_metrics.json"]["sacred_run_id"] == 1
+    assert artifacts["train_summary.json"]["sacred_run_id"] == 1
     for protocol, values in FINAL.items():
         assert math.isclose(eval_doc["info"]["metrics"][protocol]["mAP"], values["mAP"], rel_tol=1e-6)
         assert math.isclose(eval_doc["result"][protocol]["rank1"], values["rank1"], rel_tol=1e-6)
@@ -223,7 +308,7 @@ def test_mongo_lost_mid_run_the_run_completes_in_files(tmp_path: Path, engine: F
     assert run.status == "COMPLETED"
     rec = file_run(tmp_path / "runs", run._id)
     assert rec["run"]["status"] == "COMPLETED" and rec["metrics"]["train.loss"]["steps"] == [1, 2, 3]
-    assert sorted(rec["run"]["artifacts"]) == ["epochs.csv", "train_metrics.json"]
+    assert sorted(rec["run"]["artifacts"]) == ["epochs.csv", "test_epochs.csv", "train_metrics.json", "train_summary.json"]
     failed = list((tmp_path / "runs" / "_mongo_failed").glob("sacred_mongo_fail_*.pickle"))
     assert len(failed) == 1  # the MongoObserver's own last resort, beside the file store
 
@@ -291,7 +376,8 @@ def test_kill_9_then_resume_records_which_run_it_continues(tmp_path: Path, engin
     assert dead["status"] == "INTERRUPTED" and dead["resumed_by"] == 2
     rows = list(csv.DictReader((tmp_path / "results/train/epochs.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # epochs of the killed attempt come from the history
-    assert json.loads((tmp_path / "results/train/metrics.json").read_text())["resumed_from_run"]["sacred_run_id"] == 1
+    summary = json.loads((file_run(tmp_path / "runs", 2)["dir"] / "train_summary.json").read_text())
+    assert summary["resumed_from_run"]["sacred_run_id"] == 1
 
 
 def test_other_torchrun_ranks_train_but_record_and_write_nothing(tmp_path: Path, engine: FakeEngine, experiments,

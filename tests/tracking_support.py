@@ -67,6 +67,7 @@ def small_updates(root: Path, **extra: Any) -> dict[str, Any]:
             "out_dir": str(root / "generated" / "train"),
             "metrics": str(root / "results" / "train" / "metrics.json"),
             "epochs": str(root / "results" / "train" / "epochs.csv"),
+            "test_epochs": str(root / "results" / "train" / "test_epochs.csv"),
         },
     }
     updates.update(extra)
@@ -78,6 +79,8 @@ def eval_updates(root: Path) -> dict[str, Any]:
         "io": {
             "checkpoint": str(root / "generated" / "train" / "last.pt"),
             "metrics": str(root / "results" / "metrics.json"),
+            "protocols": str(root / "results" / "protocols.csv"),
+            "features": "",
         }
     }
 

@@ -55,7 +55,9 @@ def run_train(args: argparse.Namespace) -> int:
             return 0
         # the last epoch is the result; best_on_test is a test-set selection, stored under its own label
         summary = {"epochs": result.epochs, "metrics": result.metrics, "best_on_test": result.best_on_test}
-        log.info("last epoch %d: %s", result.epochs, json.dumps(result.metrics))
+        from maskcl.eval.summary import format_metrics
+
+    log.info("last epoch %d:\n%s", result.epochs, format_metrics(result.metrics))
         write_text_atomic(Path(args.out) / "metrics.json", json.dumps(summary, indent=2) + "\n", "metrics file")
     return 0
 
