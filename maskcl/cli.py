@@ -77,11 +77,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--set: {exc}") from None
 
 
+def _version() -> str:
+    from maskcl import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskcl", description="Unsupervised clothes-changing person re-ID with MaskCL."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -167,14 +167,15 @@ def test_report_command_writes_tables_and_plots(store: Path, tmp_path: Path, cap
     code = main(["report", "--runs", str(store), "--dvc-exp", str(DVC_SAMPLE), "--out", str(out), "--tag", "paper"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "MaskCL (ours)" in printed and "(n=3)" in printed and "SiCL [arXiv:2305.13600v2]†" in printed
+    assert "MaskCL (ours)" in printed and "over 3 runs (seeds)" in printed and "SiCL [arXiv:2305.13600v2]†" in printed
     for name in ("main.md", "main.tex", "main.csv", "ablation.md", "ablation.tex", "ablation.csv"):
         assert (out / "tables" / name).stat().st_size > 0
     assert "eps" in (out / "tables" / "ablation.md").read_text()
-    plots = sorted(p.name for p in (out / "plots").iterdir())
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["clusters.png", "curves_cc.png", "loss.png", "sweep_eps.png"]
     for name in plots:
         assert_real_png(out / "plots" / name)
+        assert (out / "plots" / name).with_suffix(".pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_report_command_filters_and_no_published(store: Path, tmp_path: Path, capsys) -> None:

@@ -43,7 +43,8 @@ def _published() -> list[PublishedRow]:
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f} ± {std:.1f} (n={n})"
+    """A Markdown cell when every cell has the same n (said once, in the first footnote)."""
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def test_published_file_rows() -> None:
@@ -117,7 +118,8 @@ def test_bold_and_underline_per_column(records: list[RunRecord]) -> None:
     assert f"**{_fmt(*expected('rgb', 'standard', 'mAP'))}**" in md
     assert "<u>77.2</u>" in md
     tex = render_latex(table)
-    assert r"\textbf{80.0$\pm$1.0}" in tex and r"\underline{77.2}" in tex
+    assert r"\textbf{80.0}{\scriptsize$\pm$1.0}" in tex and r"\underline{77.2}" in tex
+    assert "over 3 seeds" in tex and "(3)" not in tex  # the seeds are said once, in the caption
     assert all(row.cells[c].emphasis == "" for row in table.rows if row.kind == "delta" for c in row.cells)
 
 
@@ -183,7 +185,7 @@ def test_ablation_from_dvc_sample() -> None:
 def _compile(tex_body: str, tmp_path: Path) -> subprocess.CompletedProcess:
     doc = tmp_path / "t.tex"
     doc.write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex_body + "\n\\end{document}\n"
+        "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + tex_body + "\n\\end{document}\n"
     )
     return subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],

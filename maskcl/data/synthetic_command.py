@@ -10,6 +10,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 OPTIONS = ("identities", "outfits", "cameras", "images_per", "height", "width", "seed")
+OPTION_HELP = {  # default: params.yaml synth.<name>
+    "identities": "number of identities (half train, half test; default: synth.identities)",
+    "outfits": "outfits (clothes) per identity (default: synth.outfits)",
+    "cameras": "number of cameras (default: synth.cameras)",
+    "images_per": "images per identity, outfit and camera (default: synth.images_per)",
+    "height": "image height in pixels (default: synth.height)",
+    "width": "image width in pixels (default: synth.width)",
+    "seed": "generator seed: the same seed writes the same bytes (default: synth.seed)",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(parser)
     parser.add_argument("--out", type=Path, default=Path("generated/synthetic"), help="output folder")
     for name in OPTIONS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=name, help=OPTION_HELP[name])
     parser.add_argument("--force", action="store_true", help="replace an existing synthetic dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)

@@ -1,4 +1,13 @@
-"""Figures: training curves (mAP / rank-1 / clusters per epoch, several runs per plot) and sweeps.
+"""Figures for papers: training curves (mAP / rank-1 / clusters per epoch) and sweeps.
+
+Camera-ready rules: every figure is written twice, a vector PDF beside a 200-dpi PNG, both
+byte-identical for identical inputs (no creation date in the PDF), so DVC sees no change when
+the numbers do not change; titles, axes and legends are in words (method names, protocol names,
+the swept setting), never config keys or run ids; value axes start at 0 (percentages and counts),
+so noise is not drawn as a trend; one figure per *distinct* protocol (a protocol whose curves
+equal another's in every run, e.g. ``ltcc_cc_maskcl`` = ``cc`` on the synthetic set, is not
+drawn twice). A sweep figure joins only runs that differ in the swept key alone, and says in its
+caption how many runs it left out and why.
 
 Matplotlib is used through its object API with the Agg canvas (``Figure`` + ``FigureCanvasAgg``),
 so importing this module never changes the global backend of a notebook or a GUI session.
@@ -17,11 +26,22 @@ from typing import Any, Sequence
 from matplotlib.ticker import MaxNLocator
 
 from maskcl.report.records import RunRecord
-from maskcl.report.tables import DATASET_LABELS, METRIC_LABELS, Stat, method_label, table_records
+from maskcl.report.tables import (
+    DATASET_LABELS,
+    METRIC_LABELS,
+    Stat,
+    duplicate_protocols,
+    method_label,
+    protocol_title,
+    setting_title,
+    table_records,
+)
 
 log = logging.getLogger(__name__)
 
-DPI = 120
+DPI = 200
+FORMATS = (".png", ".pdf")
+METRIC_WORDS = {"mAP": "mAP (%)", "rank1": "rank-1 (%)", "rank5": "rank-5 (%)", "rank10": "rank-10 (%)"}
 
 
 def _figure(n_panels: int, width_per: float = 4.2, height: float = 3.4):
@@ -37,10 +57,22 @@ def _figure(n_panels: int, width_per: float = 4.2, height: float = 3.4):
 
 
 def _save(fig: Any, out: Path) -> Path:
+    """Write ``out`` (PNG) and the same figure as a vector PDF beside it; return the PNG path.
+
+    No date and a fixed producer in the metadata: the files are byte-identical run after run.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    log.info("wrote %s", out)
-    return out
+    png, pdf = out.with_suffix(".png"), out.with_suffix(".pdf")
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    log.info("wrote %s and %s", png, pdf.name)
+    return png
+
+
+def _zero_based(ax: Any) -> None:
+    """Value axis from 0 (a 0.03-wide axis makes noise look like a trend)."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(0, max(high, 1e-9) * 1.05 if low >= 0 else high)
 
 
 def plot_curves(
@@ -72,7 +104,7 @@ def plot_curves(
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabels[i] if ylabels else name)
-        ax.set_title(name, fontsize=9)
+        _zero_based(ax)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
@@ -84,7 +116,7 @@ def plot_curves(
     legend_rows = math.ceil(len(labels) / ncols)
     fig.set_figheight(fig.get_figheight() + 0.18 * legend_rows)
     fig.subplots_adjust(bottom=0.16 + 0.075 * legend_rows)
-    fig.legend(handles, labels, loc="lower center", fontsize=7, ncols=ncols, frameon=False)
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncols=ncols, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, Path(out))
@@ -102,15 +134,21 @@ def curve_protocols(records: Sequence[RunRecord]) -> list[str]:
 
 
 def plot_training(records: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
-    """``curves_<protocol>.png`` (mAP, rank-1 per epoch), ``clusters.png``, ``loss.png``."""
+    """``curves_<protocol>.{png,pdf}`` (mAP, rank-1 per epoch) for each distinct protocol,
+    ``clusters`` and ``loss``; returns the PNG paths."""
     out_dir = Path(out_dir)
     written = []
-    for protocol in curve_protocols(records):
+    protocols = curve_protocols(records)
+    same = duplicate_curve_protocols(records, protocols)
+    for protocol in protocols:
+        if protocol in same:
+            log.info("no figure for protocol %s: its curves equal those of %s in every run", protocol, same[protocol])
+            continue
         path = plot_curves(
             records,
             [f"test.{protocol}.mAP", f"test.{protocol}.rank1"],
             out_dir / f"curves_{protocol}.png",
-            title=f"Test {protocol} per epoch",
+            title=f"Test {protocol_title(protocol)} per epoch",
             ylabels=["mAP (%)", "rank-1 (%)"],
         )
         written.append(path)
@@ -120,11 +158,28 @@ def plot_training(records: Sequence[RunRecord], out_dir: str | Path) -> list[Pat
             ["cluster.n_clusters", "cluster.n_unclustered"],
             out_dir / "clusters.png",
             title="Pseudo-labels per epoch",
-            ylabels=["clusters", "un-clustered samples"],
+            ylabels=["clusters", "un-clustered images"],
         )
     )
     written.append(plot_curves(records, ["train.loss"], out_dir / "loss.png", title="Training loss", ylabels=["loss"]))
     return [p for p in written if p is not None]
+
+
+def duplicate_curve_protocols(records: Sequence[RunRecord], protocols: Sequence[str]) -> dict[str, str]:
+    """``{protocol: earlier protocol}`` for protocols whose mAP and rank-1 curves (and final
+    metrics) equal an earlier protocol's in every run that has them."""
+    same: dict[str, str] = {}
+    for i, later in enumerate(protocols):
+        for earlier in protocols[:i]:
+            if earlier in same:
+                continue
+            having = [r for r in records if r.curves.get(f"test.{later}.mAP") or r.curves.get(f"test.{earlier}.mAP")]
+            if having and all(
+                r.curves.get(f"test.{later}.{m}") == r.curves.get(f"test.{earlier}.{m}") for r in having for m in ("mAP", "rank1")
+            ):
+                same[later] = earlier
+                break
+    return same
 
 
 def _numeric(value: Any) -> float | None:
@@ -135,6 +190,29 @@ def _numeric(value: Any) -> float | None:
     return None
 
 
+def sweep_runs(records: Sequence[RunRecord], key: str) -> tuple[list[RunRecord], list[tuple[RunRecord, list[str]]]]:
+    """(runs that differ from each other in ``key`` only, dropped runs with the keys they differ in).
+
+    The reference is the most common setting of every other varying key, per method and dataset;
+    a run that differs from it in any of those keys would mix two effects in one line.
+    """
+    from maskcl.report.tables import setting_keys
+
+    others = [k for k in setting_keys(records) if k != key]
+    kept: list[RunRecord] = []
+    dropped: list[tuple[RunRecord, list[str]]] = []
+    groups: dict[tuple[Any, Any], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.method, record.dataset)].append(record)
+    for group in groups.values():
+        settings = [tuple(repr(r.flat_config.get(k)) for k in others) for r in group]
+        reference = max(set(settings), key=lambda s: (settings.count(s), s))
+        for record, setting in zip(group, settings):
+            differs = [k for k, a, b in zip(others, setting, reference) if a != b]
+            (dropped.append((record, differs)) if differs else kept.append(record))
+    return kept, dropped
+
+
 def plot_sweep(
     records: Sequence[RunRecord],
     key: str,
@@ -142,13 +220,19 @@ def plot_sweep(
     *,
     protocol: str | None = None,
     metrics: Sequence[str] = ("mAP", "rank1"),
+    note: str | None = None,
 ) -> Path | None:
     """Metric vs a config key (e.g. ``eps``): mean ± std over seeds, one line per method/dataset.
 
-    ``protocol`` default: the first protocol of the first record. Runs whose ``key`` is not a
-    number are skipped. Returns ``None`` when fewer than two distinct values of ``key`` exist.
+    Only runs that differ in ``key`` alone are joined (:func:`sweep_runs`); ``note`` (or a note
+    naming the runs left out) is printed under the figure. ``protocol`` default: the first
+    protocol of the first record. Runs whose ``key`` is not a number are skipped. Returns
+    ``None`` when fewer than two distinct values of ``key`` exist.
     """
     records = [r for r in table_records(records) if _numeric(r.flat_config.get(key)) is not None]
+    records, dropped = sweep_runs(records, key)
+    if note is None and dropped:
+        note = dropped_note(dropped)
     if protocol is None:
         protocol = next((p for r in records for p in r.metrics), None)
     records = [r for r in records if protocol in r.metrics]
@@ -156,6 +240,7 @@ def plot_sweep(
         return None
     fig, axes = _figure(len(metrics))
     lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seeds = sorted({str(r.seed) for r in records})
     for ax, metric in zip(axes, metrics):
         lines.clear()
         for record in records:
@@ -167,12 +252,33 @@ def plot_sweep(
             stats = [Stat.of(by_x[x]) for x in xs]
             means = [s.mean for s in stats]
             stds = [s.std or 0.0 for s in stats]
-            label = f"{method_label(method)} / {DATASET_LABELS.get(dataset, dataset)}"
+            label = f"{method_label(method)}, {DATASET_LABELS.get(dataset, dataset)}"
             ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, linewidth=1.4, label=label)
             ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
-        ax.set_title(f"{protocol} {METRIC_LABELS.get(metric, metric)} vs {key} (mean ± std over seeds)", fontsize=9)
+        ax.set_xlabel(setting_title(key))
+        ax.set_ylabel(f"{protocol_title(protocol)} {METRIC_WORDS.get(metric, metric)}")
+        _zero_based(ax)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    fig.suptitle(f"{protocol_title(protocol).capitalize()} results vs {setting_title(key)} ({spread})", fontsize=10)
+    if note:
+        fig.subplots_adjust(bottom=0.26)
+        fig.text(0.5, 0.02, note, ha="center", fontsize=7, wrap=True)
     return _save(fig, Path(out))
+
+
+def dropped_note(dropped: Sequence[tuple[RunRecord, list[str]]]) -> str:
+    """``"Left out: 2 runs that also differ in train.epochs, train.iters."``"""
+    keys = sorted({k for _, ks in dropped for k in ks})
+    return f"Left out: {len(dropped)} run(s) that also differ in {', '.join(keys)}."
+
+
+def plot_sweep_with_note(records: Sequence[RunRecord], key: str, out: str | Path, *,
+                         metrics: Sequence[str] = ("mAP", "rank1")) -> list[Path]:
+    """:func:`plot_sweep` that logs the runs it left out; ``[png]`` or ``[]``."""
+    kept, dropped = sweep_runs([r for r in table_records(records) if _numeric(r.flat_config.get(key)) is not None], key)
+    for record, keys in dropped:
+        log.warning("sweep over %s: run %s left out (it also differs in %s)", key, record.run_id, ", ".join(keys))
+    path = plot_sweep(records, key, out, metrics=metrics)
+    return [] if path is None else [path]

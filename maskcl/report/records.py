@@ -28,6 +28,12 @@ class ReportError(MaskclError):
     """A run store is unreachable or holds something the report cannot read."""
 
 
+class StoreUnreachable(ReportError):
+    """A MongoDB server did not answer (exit 1: try again later; a usage error exits 2)."""
+
+    exit_code = 1
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a result came from: code version, data version, DVC experiment, device."""
@@ -59,6 +65,8 @@ class RunRecord:
     provenance: Provenance = field(default_factory=Provenance)
     tags: tuple[str, ...] = ()
     start_time: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # output name → md5 recorded by the run
+    train_run_id: str | None = None  # an evaluate run: the Sacred run that trained its checkpoint
 
     def __post_init__(self) -> None:
         if self.config and not self.flat_config:
@@ -84,8 +92,10 @@ class RunRecord:
         return self.flat_config.get("seed")
 
     def label(self) -> str:
-        """Short legend label: method/dataset, seed and run id."""
-        return f"{self.method or '?'} {self.dataset or '?'} seed={self.seed} [{self.source}:{self.run_id}]"
+        """Legend label in words: ``MaskCL, seed 111`` (run ids belong in the trace, not a figure)."""
+        from maskcl.report.tables import method_label
+
+        return f"{method_label(self.method)}, seed {self.seed}"
 
     def fingerprint(self) -> str:
         """Identity of the underlying run, equal across stores that saw the same run.

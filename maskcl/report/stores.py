@@ -13,8 +13,9 @@ The shapes read are those sacred 0.8.7's observers and DVC 3.x write:
 * DVC: ``dvc exp show --json`` = list of ``ExpState`` dicts (``rev``, ``name``, ``data`` =
   ``{params: {file: {data}}, metrics: {file: {data}}, ...}``, ``error``, ``experiments`` = list
   of ``ExpRange`` (``revs``: ExpState list, ``executor``: ``{state}``)); see
-  ``dvc/repo/experiments/serialize.py``. The metrics file is ``results/metrics.json`` =
-  ``{"dataset", "method", "sacred_run_id", "protocols": {protocol: {metric: value}}}``.
+  ``dvc/repo/experiments/serialize.py``. The metrics files are the pipeline's
+  ``results/<method>/metrics.json`` = ``{method: {protocol: {mAP, rank1}}}`` (one record per
+  method), or a legacy ``results/metrics.json`` = ``{"dataset", "method", "protocols": {...}}``.
 
 None of this imports sacred or dvc: the stores are read as data (DESIGN §2).
 """
@@ -43,7 +44,6 @@ from maskcl.report.records import (
 log = logging.getLogger(__name__)
 
 SACRED_EXPERIMENTS = ("maskcl_train", "maskcl_evaluate")
-DVC_METRICS_FILE = "results/metrics.json"
 DVC_STATUS = {"success": COMPLETED, "queued": "QUEUED", "running": "RUNNING", "failed": "FAILED"}
 
 
@@ -88,6 +88,14 @@ def _sacred_record(
     if isinstance(tags, str):
         tags = [tags]
     start = run.get("start_time")
+    outputs = {
+        str(name): str(value["md5"])
+        for name, value in (info.get("outputs") or {}).items()
+        if isinstance(value, Mapping) and value.get("md5")
+    }
+    train_run = info.get("train_run") or {}
+    train_id = train_run.get("file_store_id", train_run.get("sacred_run_id")) if source == "sacred-file" else (
+        train_run.get("mongo_run_id", train_run.get("sacred_run_id")))
     return RunRecord(
         run_id=str(run_id),
         source=source,
@@ -100,6 +108,8 @@ def _sacred_record(
         provenance=_provenance_from_sacred(info, experiment),
         tags=tuple(str(t) for t in tags),
         start_time=None if start is None else (start.isoformat() if hasattr(start, "isoformat") else str(start)),
+        outputs=outputs,
+        train_run_id=None if train_id is None else str(train_id),
     )
 
 
@@ -252,7 +262,7 @@ def read_dvc_exps(
     source: str | Path | list[dict[str, Any]],
     *,
     params_file: str = "params.yaml",
-    metrics_file: str = DVC_METRICS_FILE,
+    metrics_file: str | None = None,
     include_workspace: bool = True,
 ) -> list[RunRecord]:
     """DVC experiments (and their baseline commits) → records.
@@ -294,26 +304,42 @@ def _walk_state(
     state: Mapping[str, Any],
     executor: Mapping[str, Any] | None,
     params_file: str,
-    metrics_file: str,
+    metrics_file: str | None,
     baseline: str | None,
 ) -> Iterable[tuple[RunRecord, bool]]:
     if not isinstance(state, Mapping) or "rev" not in state:
         raise ReportError(f"dvc exp show JSON: expected an experiment state with 'rev', found {str(state)[:120]}")
-    record = _dvc_record(state, executor, params_file, metrics_file, baseline)
-    if record is not None:
+    for record in _dvc_records(state, executor, params_file, metrics_file, baseline):
         yield record, state.get("rev") == "workspace"
     for exp_range in state.get("experiments") or []:
         for child in exp_range.get("revs") or []:
             yield from _walk_state(child, exp_range.get("executor"), params_file, metrics_file, state.get("rev"))
 
 
-def _dvc_record(
+def _method_metrics(data: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """The pipeline's per-method metrics file ``{method: {protocol: {metric: value}}}`` (a method
+    key holds protocols; a ``train`` group of training figures is not a protocol)."""
+    out = {}
+    for method, protocols in data.items():
+        cleaned = clean_metrics({p: v for p, v in protocols.items() if p != "train"}) if isinstance(protocols, Mapping) else {}
+        if cleaned:
+            out[str(method)] = cleaned
+    return out
+
+
+def _dvc_records(
     state: Mapping[str, Any],
     executor: Mapping[str, Any] | None,
     params_file: str,
-    metrics_file: str,
+    metrics_file: str | None,
     baseline: str | None,
-) -> RunRecord | None:
+) -> list[RunRecord]:
+    """One record per method of an experiment state.
+
+    Metrics files: the pipeline's ``results/<method>/metrics.json`` (``{method: {protocol:
+    {mAP, rank1}}}``), or a legacy ``results/metrics.json`` (``{"method", "dataset", "protocols"}``).
+    ``metrics_file`` restricts the reading to one file (``None``: every metrics file).
+    """
     rev = str(state.get("rev"))
     name = state.get("name")
     data = state.get("data") or {}
@@ -329,34 +355,48 @@ def _dvc_record(
             params.update(values)
         else:  # other params files keep their name as a prefix, as dvc exp show does
             params.update({f"{file_name}:{k}": v for k, v in values.items()})
-    metrics_data = ((data.get("metrics") or {}).get(metrics_file) or {}).get("data") or {}
-    if not params and not metrics_data:
-        return None
-    if not metrics_data and status == COMPLETED:
-        status = "NO_METRICS"
-    # the metrics file repeats dataset/method: fill them in when params.yaml lacks them
-    if "method" not in params and metrics_data.get("method") is not None:
-        params["method"] = metrics_data["method"]
-    if metrics_data.get("dataset") is not None:
-        params.setdefault("dataset", {})
-        if isinstance(params["dataset"], dict):
-            params["dataset"].setdefault("name", metrics_data["dataset"])
+    files = data.get("metrics") or {}
+    if metrics_file is not None:
+        files = {metrics_file: files.get(metrics_file) or {}}
+    found: list[tuple[dict[str, Any], dict[str, dict[str, float]], Any]] = []  # (params, metrics, sacred id)
+    for _, result in sorted(files.items()):
+        metrics_data = (result or {}).get("data") or {}
+        if "protocols" in metrics_data:  # legacy single-method file
+            legacy = dict(params)
+            if metrics_data.get("method") is not None:
+                legacy.setdefault("method", metrics_data["method"])
+            if metrics_data.get("dataset") is not None:
+                legacy["dataset"] = dict(legacy.get("dataset") or {})
+                legacy["dataset"].setdefault("name", metrics_data["dataset"])
+            found.append((legacy, clean_metrics(metrics_data.get("protocols")), metrics_data.get("sacred_run_id")))
+            continue
+        for method, metrics in _method_metrics(metrics_data).items():
+            found.append(({**params, "method": method}, metrics, None))
+    if not found:
+        if not params:
+            return []
+        found = [(params, {}, None)]
+        if status == COMPLETED:
+            status = "NO_METRICS"
     run_id = str(name) if name and rev != "workspace" else ("workspace" if rev == "workspace" else rev[:7])
-    sacred_id = metrics_data.get("sacred_run_id")
-    return RunRecord(
-        run_id=run_id,
-        source="dvc",
-        experiment="dvc_exp",
-        status=status,
-        config=params,
-        flat_config=flatten_dict(params),
-        metrics=clean_metrics(metrics_data.get("protocols")),
-        provenance=Provenance(
-            # the workspace has no commit of its own: the metrics file names the code that ran
-            git_commit=_opt_str(metrics_data.get("git_commit")) if rev == "workspace" else rev,
-            git_dirty=rev == "workspace",
-            dvc_exp=str(name) if name and baseline is not None else None,
-            sacred_run_id=None if sacred_id is None else str(sacred_id),
-        ),
-        start_time=None,
-    )
+    records = []
+    for values, metrics, sacred_id in found:
+        records.append(
+            RunRecord(
+                run_id=run_id,
+                source="dvc",
+                experiment="dvc_exp",
+                status=status,
+                config=values,
+                flat_config=flatten_dict(values),
+                metrics=metrics,
+                provenance=Provenance(
+                    git_commit=None if rev == "workspace" else rev,
+                    git_dirty=rev == "workspace",
+                    dvc_exp=str(name) if name and baseline is not None else None,
+                    sacred_run_id=None if sacred_id is None else str(sacred_id),
+                ),
+                start_time=None,
+            )
+        )
+    return records

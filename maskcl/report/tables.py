@@ -47,6 +47,56 @@ PROTOCOL_MEANINGS: dict[str, str] = {
     "vcclothes_sc": "vcclothes_sc: VC-Clothes cameras 2 and 3 only (same clothes), standard rule",
 }
 PROTOCOL_ORDER = tuple(PROTOCOL_MEANINGS)
+# protocol names in words, for headers, titles and legends (the keys stay in the CSV)
+PROTOCOL_TITLES: dict[str, str] = {
+    "standard": "standard",
+    "cc": "clothes-changing",
+    "sc": "same-clothes",
+    "ltcc_cc_maskcl": "clothes-changing (MaskCL LTCC ids)",
+    "prcc_cc": "clothes-changing",
+    "prcc_sc": "same-clothes",
+    "prcc_cc_single_shot": "clothes-changing, single-shot",
+    "vcclothes_cc": "clothes-changing (cams 3-4)",
+    "vcclothes_sc": "same-clothes (cams 2-3)",
+}
+PROTOCOL_SHORT: dict[str, str] = {  # compact LaTeX headers; the caption spells them out
+    "standard": "Std", "cc": "CC", "sc": "SC", "ltcc_cc_maskcl": "CC$^{\\ast}$", "prcc_cc": "CC", "prcc_sc": "SC",
+    "prcc_cc_single_shot": "CC-1", "vcclothes_cc": "CC$_{34}$", "vcclothes_sc": "SC$_{23}$",
+}
+SETTING_TITLES: dict[str, str] = {
+    "eps": "DBSCAN radius eps", "eps_gap": "refinement gap", "k1": "k-reciprocal k1", "k2": "query expansion k2",
+    "min_samples": "DBSCAN min samples", "train.epochs": "epochs", "train.iters": "iterations per epoch",
+    "train.lr": "learning rate", "train.temp": "temperature", "train.momentum": "memory momentum",
+    "train.neighbour_loss": "neighbour loss", "train.cross_view": "cross-view terms", "model.fusion": "fusion",
+    "model.arch": "backbone", "cluster.oracle": "labels (oracle)", "seed": "seed",
+}
+
+
+def protocol_title(protocol: str) -> str:
+    """``cc`` → ``clothes-changing`` (unknown protocols keep their key)."""
+    return PROTOCOL_TITLES.get(protocol, protocol)
+
+
+def setting_title(key: str) -> str:
+    """``eps`` → ``DBSCAN radius eps``; ``train.epochs`` → ``epochs`` (else the key)."""
+    return SETTING_TITLES.get(key, key)
+
+
+def duplicate_protocols(records: Sequence[RunRecord]) -> dict[str, str]:
+    """``{protocol: earlier protocol}`` when every record that has either has identical numbers
+    for both (e.g. ``ltcc_cc_maskcl`` = ``cc`` on the synthetic set, whose clothes-changing id
+    list names every test identity): such a column or figure would only repeat another."""
+    protocols = _ordered((p for r in records for p in r.metrics), PROTOCOL_ORDER)
+    same: dict[str, str] = {}
+    for i, later in enumerate(protocols):
+        for earlier in protocols[:i]:
+            if earlier in same:
+                continue
+            having = [r for r in records if later in r.metrics or earlier in r.metrics]
+            if having and all(r.metrics.get(later) == r.metrics.get(earlier) for r in having):
+                same[later] = earlier
+                break
+    return same
 DATASET_LABELS = {
     "ltcc": "LTCC",
     "prcc": "PRCC",
@@ -316,7 +366,8 @@ def main_table(
 
     datasets = {r.dataset for r in chosen}
     shown_published = [p for p in published if p.dataset in datasets] if chosen else list(published)
-    columns = _columns(chosen, shown_published, metrics)
+    columns, repeated = _distinct_columns(chosen, _columns(chosen, shown_published, metrics))
+    footnotes += repeated
     rows: list[Row] = []
     methods = _ordered((r.method or "?" for r in chosen), tuple(METHOD_LABELS))
     for method in methods:
@@ -341,6 +392,19 @@ def main_table(
     mark_best(rows, columns, decimals)
     footnotes = _standard_footnotes(columns, rows) + footnotes
     return Table(title=title, columns=columns, rows=rows, footnotes=footnotes, decimals=decimals)
+
+
+def _distinct_columns(records: Sequence[RunRecord], columns: list[Column]) -> tuple[list[Column], list[str]]:
+    """Columns without the protocols that repeat another (:func:`duplicate_protocols`) and a note."""
+    same = duplicate_protocols(records)
+    if not same:
+        return columns, []
+    kept = [c for c in columns if c.protocol not in same]
+    notes = [
+        f"Protocol {later} is not shown: on this data it gives exactly the numbers of {earlier} "
+        f"({protocol_title(earlier)})." for later, earlier in same.items()
+    ]
+    return kept, notes
 
 
 def _published_rows(published: Sequence[PublishedRow], columns: Sequence[Column]) -> list[Row]:
@@ -386,7 +450,7 @@ def ablation_table(
     keys = list(keys) if keys is not None else setting_keys(records)
     if not keys or not records:
         return None
-    columns = _columns(records, (), metrics)
+    columns, repeated = _distinct_columns(records, _columns(records, (), metrics))
     groups: dict[tuple[Any, ...], list[RunRecord]] = defaultdict(list)
     for record in records:
         groups[(record.method or "?", *_setting(record, keys))].append(record)
@@ -411,7 +475,7 @@ def ablation_table(
         columns=columns,
         rows=rows,
         key_names=list(keys),
-        footnotes=_standard_footnotes(columns, rows),
+        footnotes=_standard_footnotes(columns, rows) + repeated,
         decimals=decimals,
     )
 
@@ -434,9 +498,24 @@ def mark_best(rows: Sequence[Row], columns: Sequence[Column], decimals: int) -> 
                 row.cells[column].emphasis = "second"
 
 
+def common_n(rows: Sequence[Row]) -> int | None:
+    """The number of runs behind our cells when it is the same for all of them, else ``None``."""
+    ns = {cell.n for row in rows if row.kind == "ours" for cell in row.cells.values() if cell.value is not None}
+    return ns.pop() if len(ns) == 1 else None
+
+
+def seeds_text(rows: Sequence[Row]) -> str:
+    n = common_n(rows)
+    if n == 1:
+        return "Ours: one run (seed) per cell"
+    if n is not None:
+        return f"Ours: mean ± sample std (ddof=1) over {n} runs (seeds)"
+    return "Ours: mean ± sample std (ddof=1) over n runs (seeds), n given per cell"
+
+
 def _standard_footnotes(columns: Sequence[Column], rows: Sequence[Row]) -> list[str]:
     notes = [
-        "Ours: mean ± sample std (ddof=1) over n runs (seeds); metrics in %; R-k = rank-k (CMC); "
+        f"{seeds_text(rows)}; metrics in %; R-k = rank-k (CMC); "
         "best per column in bold, second underlined (unsupervised rows only)."
     ]
     for protocol in _ordered((c.protocol for c in columns), PROTOCOL_ORDER):
@@ -472,7 +551,8 @@ def format_cell(cell: Cell | None, kind: str, decimals: int, with_n: bool = True
 
 
 def _header(column: Column) -> str:
-    return f"{DATASET_LABELS.get(column.dataset, column.dataset)} {column.protocol} {METRIC_LABELS.get(column.metric, column.metric)}"
+    dataset = DATASET_LABELS.get(column.dataset, column.dataset)
+    return f"{dataset} {protocol_title(column.protocol)} {METRIC_LABELS.get(column.metric, column.metric)}"
 
 
 def _key_text(value: Any) -> str:
@@ -483,11 +563,12 @@ def render_markdown(table: Table) -> str:
     """Pipe table + footnote lines; emphasis ``**best**`` and ``<u>second</u>``."""
     headers = ["Method", *table.key_names, *(_header(c) for c in table.columns)]
     body = []
+    with_n = common_n(table.rows) is None  # a common n is said once, in the first footnote
     for row in table.rows:
         line = [row.label, *(_key_text(row.keys.get(k)) for k in table.key_names)]
         for column in table.columns:
             cell = row.cells.get(column)
-            text = format_cell(cell, row.kind, table.decimals)
+            text = format_cell(cell, row.kind, table.decimals, with_n=with_n)
             if cell is not None and cell.emphasis == "best":
                 text = f"**{text}**"
             elif cell is not None and cell.emphasis == "second":
@@ -544,21 +625,21 @@ def latex_escape(text: str) -> str:
     return "".join(out)
 
 
-def _latex_cell(cell: Cell | None, kind: str, decimals: int) -> str:
+def _latex_cell(cell: Cell | None, kind: str, decimals: int, with_n: bool = False) -> str:
     if cell is None or cell.value is None:
         return "--"
     if kind == "delta":
         text = f"${cell.value:+.{decimals}f}$"
     else:
         text = f"{cell.value:.{decimals}f}"
-        if kind == "ours" and cell.std is not None:
-            text += rf"$\pm${cell.std:.{decimals}f}"
     if cell.emphasis == "best":
         text = rf"\textbf{{{text}}}"
     elif cell.emphasis == "second":
         text = rf"\underline{{{text}}}"
-    if kind == "ours" and cell.n is not None:
-        text += rf"\,{{\scriptsize({cell.n})}}"
+    if kind == "ours" and cell.std is not None:
+        text += rf"{{\scriptsize$\pm${cell.std:.{decimals}f}}}"
+    if kind == "ours" and with_n and cell.n is not None:
+        text += rf"$^{{n={cell.n}}}$"
     return text
 
 
@@ -573,32 +654,52 @@ def _spans(items: Sequence[Any]) -> list[tuple[Any, int, int]]:
     return spans
 
 
+def latex_caption(table: Table) -> str:
+    """Title, the number of seeds (said once), the protocol abbreviations in words."""
+    protocols = _ordered((c.protocol for c in table.columns), PROTOCOL_ORDER)
+    words = "; ".join(f"{PROTOCOL_SHORT.get(p, latex_escape(p))} = {latex_escape(protocol_title(p))}" for p in protocols)
+    n = common_n(table.rows)
+    seeds = (
+        "one run per cell" if n == 1 else
+        f"mean{{\\scriptsize$\\pm$std}} over {n} seeds" if n is not None else
+        "mean{\\scriptsize$\\pm$std} over $n$ seeds (given per cell)"
+    )
+    return f"{latex_escape(table.title)}: {seeds}; mAP and rank-1 (R-1) in \\%. {words}."
+
+
 def render_latex(table: Table, label: str = "tab:results") -> str:
-    """A booktabs ``table`` environment; three header rows (dataset, protocol, metric)."""
+    """A booktabs ``table`` for one column of a two-column CVPR/ICCV page.
+
+    Two header rows (dataset; protocol abbreviation + metric), std in small type after the mean,
+    the seeds and protocol words in the caption; the tabular shrinks to ``\\linewidth`` only
+    when it is wider (``\\resizebox`` of graphicx with a width test), never grows.
+    Needs ``\\usepackage{booktabs,graphicx}``.
+    """
     lead = 1 + len(table.key_names)
+    with_n = common_n(table.rows) is None
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        r"\setlength{\tabcolsep}{4pt}",
-        "% a wide table: wrap the tabular in \\resizebox{\\linewidth}{!}{...} (graphicx) or use table*",
-        rf"\caption{{{latex_escape(table.title)}}}",
+        r"\setlength{\tabcolsep}{3pt}",
+        rf"\caption{{{latex_caption(table)}}}",
         rf"\label{{{label}}}",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         rf"\begin{{tabular}}{{{'l' * lead}{'c' * len(table.columns)}}}",
         r"\toprule",
     ]
-    for level, name in ((0, "dataset"), (1, "protocol")):
-        parts = [""] * lead
-        rules = []
-        items = [c.dataset if level == 0 else (c.dataset, c.protocol) for c in table.columns]
-        for item, start, length in _spans(items):
-            text = DATASET_LABELS.get(item, item) if level == 0 else item[1]
-            parts.append(rf"\multicolumn{{{length}}}{{c}}{{{latex_escape(text)}}}")
-            rules.append(rf"\cmidrule(lr){{{lead + start + 1}-{lead + start + length}}}")
-        lines.append(" & ".join(parts) + r" \\")
-        lines.append(" ".join(rules))
-    header = ["Method", *(latex_escape(k) for k in table.key_names)]
-    header += [latex_escape(METRIC_LABELS.get(c.metric, c.metric)) for c in table.columns]
+    parts = [""] * lead
+    rules = []
+    for item, start, length in _spans([c.dataset for c in table.columns]):
+        parts.append(rf"\multicolumn{{{length}}}{{c}}{{{latex_escape(DATASET_LABELS.get(item, item))}}}")
+        rules.append(rf"\cmidrule(lr){{{lead + start + 1}-{lead + start + length}}}")
+    lines.append(" & ".join(parts) + r" \\")
+    lines.append(" ".join(rules))
+    header = ["Method", *(latex_escape(setting_title(k)) for k in table.key_names)]
+    header += [
+        f"{PROTOCOL_SHORT.get(c.protocol, latex_escape(c.protocol))} {latex_escape(METRIC_LABELS.get(c.metric, c.metric))}"
+        for c in table.columns
+    ]
     lines.append(" & ".join(header) + r" \\")
     lines.append(r"\midrule")
     previous_kind = None
@@ -607,14 +708,15 @@ def render_latex(table: Table, label: str = "tab:results") -> str:
             lines.append(r"\midrule")
         previous_kind = row.kind
         cells = [latex_escape(row.label), *(latex_escape(_key_text(row.keys.get(k))) for k in table.key_names)]
-        cells += [_latex_cell(row.cells.get(c), row.kind, table.decimals) for c in table.columns]
+        cells += [_latex_cell(row.cells.get(c), row.kind, table.decimals, with_n) for c in table.columns]
         lines.append(" & ".join(cells) + r" \\")
     lines.append(r"\bottomrule")
-    lines.append(r"\end{tabular}")
-    if table.footnotes:
+    lines.append(r"\end{tabular}}")
+    notes = table.footnotes[1:]  # the first one (seeds, metrics) is in the caption
+    if notes:
         lines.append(r"\par\smallskip")
-        lines.append(r"\begin{minipage}{\linewidth}\footnotesize")
-        lines.extend(latex_escape(note) + r"\\" for note in table.footnotes)
+        lines.append(r"\begin{minipage}{\linewidth}\scriptsize")
+        lines.extend(latex_escape(note) + r"\\" for note in notes)
         lines.append(r"\end{minipage}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
