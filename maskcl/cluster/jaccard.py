@@ -195,7 +195,7 @@ def _sorted_pair_sums(key: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _jaccard_upper(
     V: sp.csr_matrix,
-    block_bins: int = 1 << 19,
+    block_bins: int = 1 << 18,
     *,
     method: str = "auto",
     block_instances: int = 1 << 22,
