@@ -57,7 +57,7 @@ def run_train(args: argparse.Namespace) -> int:
         summary = {"epochs": result.epochs, "metrics": result.metrics, "best_on_test": result.best_on_test}
         from maskcl.eval.summary import format_metrics
 
-    log.info("last epoch %d:\n%s", result.epochs, format_metrics(result.metrics))
+        log.info("last epoch %d:\n%s", result.epochs, format_metrics(result.metrics))
         write_text_atomic(Path(args.out) / "metrics.json", json.dumps(summary, indent=2) + "\n", "metrics file")
     return 0
 
