@@ -183,6 +183,9 @@ class Meter:
         th.join()
         peak[0] = max(peak[0], self.rss())
         self.steps[name] = {"s": dt, "peak_mb": (peak[0] - start_rss) / 2**20, **load}
+        # progress on stderr (the parent passes it through): a run cut short still shows its steps
+        print(f"  [{name}: {dt:.1f}s, peak +{self.steps[name]['peak_mb']:.0f} MB over its start, RSS now "
+              f"{self.rss() / 2**20:.0f} MB; {fmt_load(load)}]", file=sys.stderr, flush=True)
         return out
 
     def report(self, **extra) -> dict:
@@ -447,6 +450,8 @@ def run_worker(args) -> None:
     import sklearn.cluster  # noqa: F401
     import torch  # noqa: F401
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x, _ = make_features(args.n, args.dim, args.per_id, args.spread, args.seed, args.structure)
     fn = {"ours": worker_ours, "dense": worker_dense, "knn": worker_knn, "jaccard": worker_jaccard}[args.worker]
     print("RESULT " + json.dumps(fn(args, x)))
@@ -456,12 +461,17 @@ def spawn(args, worker: str, n: int, extra: list[str] | None = None) -> dict | N
     cmd = [sys.executable, __file__, "--worker", worker, "--n", str(n), "--dim", str(args.dim),
            "--per-id", str(args.per_id), "--spread", str(args.spread), "--seed", str(args.seed),
            "--structure", args.structure, "--support", args.support, "--rounds", str(args.rounds),
-           "--nprobe", str(args.nprobe), "--nlist", str(args.nlist)] + (extra or [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+           "--nprobe", str(args.nprobe), "--nlist", str(args.nlist), "--threads", str(args.threads)] + (extra or [])
+    print(f"  [{worker} N={n} started {time.strftime('%H:%M:%S', time.gmtime())} UTC]", file=sys.stderr, flush=True)
+    try:  # stderr (progress, tracebacks) goes straight to ours
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  [{worker} N={n} stopped after --timeout {args.timeout} s]", flush=True)
+        return None
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    print(f"  [{worker} N={n} failed rc={proc.returncode}] {proc.stderr[-800:]}", flush=True)
+    print(f"  [{worker} N={n} failed rc={proc.returncode}; its traceback is above]", flush=True)
     return None
 
 
@@ -523,6 +533,8 @@ def main() -> None:
     p.add_argument("--no-faiss", action="store_true", help="skip the faiss timing in the kNN comparison")
     p.add_argument("--no-approx", action="store_true", help="skip the kNN comparison / approx runs")
     p.add_argument("--timeout", type=int, default=3600)
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default); "
+                   "on a loaded machine 1 thread avoids the 2-thread BLAS's stalls")
     p.add_argument("--json", type=Path, help="also write all results here")
     p.add_argument("--worker", choices=["ours", "dense", "knn", "jaccard"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -542,7 +554,7 @@ def main() -> None:
     print(f"# pseudo-labelling benchmark {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: D={args.dim}, "
           f"{args.structure}, N/{args.per_id} identities, spread {args.spread}, k1={K1} k2={K2} eps={EPS} "
           f"gap={EPS_GAP} min_samples={MIN_SAMPLES}, support {args.support}; cpus={os.cpu_count()}, torch "
-          f"threads={torch.get_num_threads()}, load avg {'/'.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+          f"threads={args.threads or torch.get_num_threads()}, load avg {'/'.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     results = {}
     tmp = tempfile.TemporaryDirectory(prefix="maskcl-bench-")
     for n in [int(s) for s in args.sizes.split(",")]:
