@@ -138,6 +138,11 @@ class WireProxy:
             return
         self._ready.set()
         self._loop.run_forever()
+        # connections still open: cancel their tasks and let them finish before closing the loop
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -164,9 +169,12 @@ class WireProxy:
         tasks = [asyncio.ensure_future(client_to_server()), asyncio.ensure_future(server_to_client())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # IncompleteReadError at a closed socket
             for w in (writer, up_writer):
                 w.close()
 
