@@ -139,9 +139,12 @@ def test_board_serves_the_store_without_omniboard(tmp_path: Path) -> None:
                 time.sleep(0.3)
         assert found is not None and found["status"] == "COMPLETED"
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM: the board stops the server it started
         out, _ = proc.communicate(timeout=30)
     assert "npx omniboard -m 127.0.0.1:" in out and f":{port}:maskcl" in out
+    time.sleep(2)
+    alive = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "board") not in alive  # no nx-27017 left behind
 
 
 def chromium() -> str | None:

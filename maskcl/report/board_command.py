@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ def run_board(args: argparse.Namespace) -> int:
     runs_dir = args.runs if args.runs is not None else default_runs_dir()
     if not runs_dir.is_dir():
         raise ReportError(f"Sacred file store '{runs_dir}' does not exist: run the pipeline first (make repro)")
+    # `kill` (SIGTERM) must stop the server and Omniboard too, like Ctrl-C: run the finally below
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     started: list = []
     proxy = None
     try:
@@ -103,7 +106,12 @@ def run_board(args: argparse.Namespace) -> int:
             process.stop()
         if proxy is not None:
             proxy.stop()
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover
