@@ -46,13 +46,14 @@ class DatasetConfig:
 class SynthConfig:
     """The synthetic clothes-changing dataset (DESIGN §5); ``seed`` is its own, not training's."""
 
-    identities: int = 60  # split evenly between train and test
-    outfits: int = 3  # outfits per identity
-    cameras: int = 4
+    identities: int = 100  # split evenly between train and test
+    outfits: int = 6  # outfits per identity
+    cameras: int = 3
     images_per: int = 2  # images per (identity, outfit, camera)
     height: int = 128
     width: int = 64
     seed: int = 0
+    keep_lower: float = 0.5  # probability that a new outfit re-uses a lower garment the person already wore
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     r(cfg.min_samples >= 1, source, "min_samples", cfg.min_samples, "an integer >= 1")
     s = cfg.synth
     r(s.identities >= 4 and s.identities % 2 == 0, source, "synth.identities", s.identities, "an even integer >= 4")
-    r(s.outfits >= 1, source, "synth.outfits", s.outfits, "an integer >= 1")
+    r(1 <= s.outfits <= 10, source, "synth.outfits", s.outfits, "an integer from 1 to 10 (each outfit has its own upper colour of 10)")
+    r(0.0 <= s.keep_lower <= 1.0, source, "synth.keep_lower", s.keep_lower, "a probability from 0 to 1")
     r(s.cameras >= 2, source, "synth.cameras", s.cameras, "an integer >= 2")
     r(s.images_per >= 1, source, "synth.images_per", s.images_per, "an integer >= 1")
     r(s.height >= 32 and s.width >= 16, source, "synth.height/width", (s.height, s.width), "at least 32×16")

@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,18 +59,23 @@ HAIR_COLOURS = np.array(
 )
 PATTERNS = ("plain", "stripes", "checks")
 BACKGROUND_CAMERA_SHARE = 0.3  # how much of a crop's background colour comes from its camera
+# A crop's own background: a grey level with a little colour (streets, walls, floors), so the person
+# and the clothes, not a saturated backdrop, dominate the image as in detector crops
+BACKGROUND_GREY = (60.0, 200.0)
+BACKGROUND_CHROMA = 14.0
 OWNED_OUTPUTS = ("LTCC_ReID", "parsing", "synthetic.json")
 
 
 @dataclass(frozen=True)
 class SynthSpec:
-    identities: int = 60
-    outfits: int = 3
-    cameras: int = 4
+    identities: int = 100
+    outfits: int = 6
+    cameras: int = 3
     images_per: int = 2
     height: int = 128
     width: int = 64
     seed: int = 0
+    keep_lower: float = 0.5  # probability that an outfit re-uses a lower garment (and shoes) already worn
 
 
 @dataclass(frozen=True)
@@ -132,8 +137,10 @@ def _body(seed: int, pid: int) -> Body:
     )
 
 
-def _outfits(seed: int, pid: int, count: int) -> list[Outfit]:
-    """Outfits of one person; consecutive outfits never share the upper and lower colours."""
+def _outfits(seed: int, pid: int, count: int, keep_lower: float = 0.0) -> list[Outfit]:
+    """Outfits of one person: each has an upper garment no earlier outfit had (colour); its lower
+    garment is, with probability ``keep_lower``, one the person already wore (people re-wear
+    trousers under another top, as in LTCC's clothes changes), else one they never wore."""
     rng = _stream(seed, 2, pid)
     outfits: list[Outfit] = []
     while len(outfits) < count:
@@ -145,7 +152,13 @@ def _outfits(seed: int, pid: int, count: int) -> list[Outfit]:
             long_sleeves=bool(rng.random() < 0.5),
             shorts=bool(rng.random() < 0.25),
         )
-        if all(candidate.upper != o.upper and candidate.lower != o.lower for o in outfits):
+        reuse = bool(outfits) and rng.random() < keep_lower
+        if reuse:
+            worn = outfits[int(rng.integers(len(outfits)))]
+            candidate = replace(candidate, lower=worn.lower, shorts=worn.shorts, shoes=worn.shoes)
+        if all(candidate.upper != o.upper for o in outfits) and (
+            reuse or all(candidate.lower != o.lower for o in outfits)
+        ):
             outfits.append(candidate)
     return outfits
 
@@ -246,7 +259,7 @@ def _paint(labels: np.ndarray, body: Body, outfit: Outfit, camera: Camera, yy: n
     # Each crop sees another patch of the scene: the background is mostly the image's own, with
     # a camera cast. (A per-camera constant backdrop would let an RGB model, or a randomly
     # initialised one, cluster by camera instead of by person.)
-    own = rng.uniform(40, 220, 3).astype(np.float32)
+    own = (rng.uniform(*BACKGROUND_GREY) + rng.normal(0, BACKGROUND_CHROMA, 3)).astype(np.float32)
     background = BACKGROUND_CAMERA_SHARE * np.array(camera.background, dtype=np.float32) + (1 - BACKGROUND_CAMERA_SHARE) * own
     canvas = np.broadcast_to(background, (height, width, 3)).copy()
     canvas += (yy / height - 0.5)[..., None] * (camera.gradient + rng.normal(0, 20))
@@ -348,7 +361,7 @@ def _write(spec: SynthSpec, root: Path, progress: bool) -> None:
     (ltcc / "info").mkdir()
     palette = voc_palette()
     bodies = {pid: _body(spec.seed, pid) for pid in range(spec.identities)}
-    outfits = {pid: _outfits(spec.seed, pid, spec.outfits) for pid in range(spec.identities)}
+    outfits = {pid: _outfits(spec.seed, pid, spec.outfits, spec.keep_lower) for pid in range(spec.identities)}
     cameras = {cam: _camera(spec.seed, cam) for cam in range(spec.cameras)}
     split = _assign_split(spec)
     frame = 0

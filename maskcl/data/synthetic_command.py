@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated/synthetic"), help="output folder")
     for name in OPTIONS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=name, help=OPTION_HELP[name])
+    parser.add_argument(
+        "--keep-lower", type=float, default=None, dest="keep_lower",
+        help="probability that an outfit re-uses a lower garment already worn (default: synth.keep_lower)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing synthetic dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -43,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from maskcl.data.synthetic import SynthSpec, generate_synthetic
 
     config = config_from_args(args)
-    overrides = {f"synth.{name}": getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    overrides = {
+        f"synth.{name}": getattr(args, name) for name in (*OPTIONS, "keep_lower") if getattr(args, name) is not None
+    }
     if overrides:
         config = config.replace(**overrides)  # validates: bad values fail with the key named
     spec = SynthSpec(**config.to_dict()["synth"])
