@@ -332,6 +332,8 @@ class Engine:
             self.logger.log_info("world_size", self.world)
         self.logger.log_info("device", str(self.device))
         self.logger.log_info("n_train", len(self.image_paths))
+        if not resuming:  # which file started the weights (two machines may resolve 'imagenet' differently)
+            self.logger.log_info("weights_source", self.model.rgb.trunk.weights_source)
 
     def _resume(self) -> None:
         state = load_checkpoint(self.ckpt_path)
