@@ -36,3 +36,14 @@ def test_count_mismatch_and_missing_file_are_clear_errors(tmp_path: Path) -> Non
         save_features(tmp_path / "f.npz", np.zeros((3, 2)), np.zeros((6, 2)), records(tmp_path, 4, 0), records(tmp_path, 6, 9))
     with pytest.raises(FeaturesError, match="does not exist"):
         load_features(tmp_path / "absent.npz")
+
+
+def test_evaluation_results_read_as_a_table_not_a_dict() -> None:
+    from maskcl.eval.summary import format_line, format_metrics
+
+    metrics = {"cc": {"mAP": 1.9554303732260252, "rank1": 1.11, "n_queries": 90, "n_skipped": 2},
+               "standard": {"mAP": 8.5, "rank1": 33.3, "n_queries": 90, "n_skipped": 0}}
+    table = format_metrics(metrics)
+    assert "{" not in table and "1.96" in table and "90 (2 skipped)" in table
+    assert table.splitlines()[0].split() == ["protocol", "mAP", "R-1", "queries"]
+    assert format_line(metrics["standard"]) == "mAP 8.50, R-1 33.30 (90 queries)"

@@ -306,3 +306,24 @@ def test_a_key_missing_from_an_older_run_counts_as_its_default() -> None:
     assert setting_keys([old, new]) == []
     cell = next(r for r in main_table([old, new]).rows if r.kind == "ours").cells[Column("ltcc", "cc", "mAP")]
     assert cell.n == 1 and cell.value == pytest.approx(3.0)
+
+
+CVPR_PAGE = (  # the geometry of the CVPR/ICCV author kit: 6.875in text, two 3.28in columns
+    "\\documentclass[10pt,twocolumn,letterpaper]{article}\n"  # Computer Modern: wider than Times
+
+    "\\usepackage[textwidth=6.875in,textheight=8.875in,columnsep=0.3125in,top=1in]{geometry}\n"
+    "\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
+)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not on PATH")
+def test_latex_tables_fit_one_column_of_a_cvpr_page(records: list[RunRecord], tmp_path: Path) -> None:
+    body = render_latex(main_table(records, _published()), label="tab:main")
+    body += render_latex(ablation_table(filter_records(read_dvc_exps(DVC_SAMPLE))), label="tab:abl")
+    (tmp_path / "page.tex").write_text(CVPR_PAGE + body + "\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "page.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (tmp_path / "page.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, log[log.find("Overfull"):][:400]
+    assert "ltcc\\_cc\\_maskcl" not in body and "(n=3)" not in body

@@ -19,6 +19,7 @@ import torch
 from maskcl.data.records import DatasetSplits
 from maskcl.errors import ConfigError
 from maskcl.eval.metrics import RANKS, Labels, normalise, rule_metrics_from_features
+from maskcl.eval.summary import format_line
 from maskcl.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -204,5 +205,5 @@ def evaluate_features(
     results = {}
     for name in names:
         results[name] = PROTOCOLS.get(name).run(inputs)
-        logger.info("%s %s: %s", splits.name, name, {k: round(v, 2) for k, v in results[name].items()})
+        logger.info("%s %s: %s", splits.name, name, format_line(results[name]))
     return results

@@ -35,3 +35,11 @@ def format_metrics(metrics: Mapping[str, Mapping[str, Any]], decimals: int = 2) 
     headers = ["protocol", *(label for _, label in present), "queries"]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
                     colalign=("left", *("right",) * (len(present) + 1)))
+
+
+def format_line(values: Mapping[str, Any], decimals: int = 2) -> str:
+    """One protocol on one line: ``mAP 2.54, R-1 3.33, R-5 5.56, R-10 11.11 (90 queries)``."""
+    parts = [f"{label} {float(values[key]):.{decimals}f}" for key, label in COLUMNS if values.get(key) is not None]
+    queries = values.get("n_queries")
+    tail = "" if queries is None else f" ({int(queries)} queries" + (f", {int(values['n_skipped'])} skipped" if values.get("n_skipped") else "") + ")"
+    return ", ".join(parts) + tail

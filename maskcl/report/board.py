@@ -129,6 +129,7 @@ class WireProxy:
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port))
             self.port = self._server.sockets[0].getsockname()[1]
@@ -142,7 +143,8 @@ class WireProxy:
         pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
         for task in pending:
             task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -268,11 +270,12 @@ def find_omniboard(root: Path | None = None) -> str | None:
 
 def start_omniboard(executable: str, mongo_host: str, mongo_port: int, db_name: str, web_port: int,
                     workdir: Path) -> Process:
-    """``omniboard -m host:port:db -p web_port`` (Omniboard's own flags), logging to ``workdir``."""
+    """``PORT=web_port omniboard -m host:port:db`` (Omniboard reads its web port from ``$PORT``)."""
     log_path = workdir / "omniboard.log"
-    cmd = [executable, "-m", f"{mongo_host}:{mongo_port}:{db_name}", "-p", str(web_port)]
+    cmd = [executable, "-m", f"{mongo_host}:{mongo_port}:{db_name}"]
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+                                env={**os.environ, "PORT": str(web_port)})
     board = Process("omniboard", proc, log_path)
     try:
         wait_for_port("127.0.0.1", web_port, 60, proc)
@@ -285,4 +288,4 @@ def start_omniboard(executable: str, mongo_host: str, mongo_port: int, db_name: 
 
 def omniboard_command(mongo_port: int, db_name: str, web_port: int) -> str:
     """The exact command a user runs when Omniboard is not installed here."""
-    return f"npx omniboard -m 127.0.0.1:{mongo_port}:{db_name} -p {web_port}"
+    return f"PORT={web_port} npx omniboard -m 127.0.0.1:{mongo_port}:{db_name}"
