@@ -102,8 +102,8 @@ EOF
 step data bash -c "'$PY' -m maskcl synth --out '$WORK/synthetic' --force --no-progress && '$PY' -m maskcl masks --no-progress $DATA"
 
 rm -rf "$WORK/train-fp32" "$WORK/train-amp" "$WORK/ddp"
-PICK="last epoch|Error|error" step train-fp32 "$PY" -m maskcl train --out "$WORK/train-fp32" $TRAIN --set train.amp=false
-PICK="last epoch|Error|error" step train-amp "$PY" -m maskcl train --out "$WORK/train-amp" $TRAIN --set train.amp=true
+PICK="epoch [0-9]+/[0-9]+:|pseudo-labels:|Error" step train-fp32 "$PY" -m maskcl train --out "$WORK/train-fp32" $TRAIN --set train.amp=false
+PICK="epoch [0-9]+/[0-9]+:|pseudo-labels:|Error" step train-amp "$PY" -m maskcl train --out "$WORK/train-amp" $TRAIN --set train.amp=true
 
 PICK="pseudo-labels|skipped" step pseudo "$PY" - "$DEV" "$PSEUDO_N" <<'EOF'
 import sys, time
@@ -135,7 +135,7 @@ EOF
 PICK="img/s|device" step train-step "$PY" benchmarks/train_step.py --device "$DEV" $STEP_ARGS
 PICK="img/s|SCHP|machine" step schp "$PY" benchmarks/masks.py --device "$DEV" $SCHP_ARGS
 
-PICK="joined|last epoch|Error|error" step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
+PICK="joined|epoch [0-9]+/[0-9]+:|Error" step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
     -m maskcl train --out "$WORK/ddp" $TRAIN --set train.amp=false
 if [ -n "$ONLY" ] && [[ "$ONLY" != *",torchrun,"* ]]; then :
 elif grep -q "joined ($NPROC_BACKEND" "$WORK/torchrun.out"; then say "torchrun: backend $NPROC_BACKEND confirmed"; else say "torchrun: backend $NPROC_BACKEND NOT seen in the log"; fi
