@@ -3,10 +3,17 @@
 Run by hand (never imported by the tests):
 
     .venv/bin/python benchmarks/cluster.py                       # N = 2k, 5k, 10k, 28k
-    .venv/bin/python benchmarks/cluster.py --sizes 2000,10000 --dense-max 10000
+    .venv/bin/python benchmarks/cluster.py --sizes 10000,28000,100000,200000 --no-faiss
+    .venv/bin/python benchmarks/cluster.py --sizes 10000 --structure outfits --no-approx
+    .venv/bin/python benchmarks/cluster.py --sizes 1000000 --approx-only   # approximate kNN only
+
+Every step states its load (1-minute load average, and the cores the other processes used
+meanwhile); a ratio whose two sides ran under different load is withheld, and the Jaccard step
+is also compared interleaved (ours, dense, ours, ...) with wall and CPU seconds.
 
 Features: N L2-normalised 2048-d vectors, gaussian blobs on the sphere around N/20 identity
-centres (plus 2 % pure-noise outliers), so clustering has a ground truth for the ARI.
+centres (plus 2 % pure-noise outliers), so clustering has a ground truth for the ARI; or
+(``--structure outfits``) identities of skewed sizes × 3 outfits each. Generated in row blocks.
 
 Each measurement runs in its own subprocess (``--worker``) so the peak memory is that of one
 method: RSS is sampled by a thread (psutil, every 5 ms) per step and the whole-process peak is
