@@ -151,35 +151,50 @@ def chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+def node_modules() -> Path | None:
+    """The node_modules folder of the Omniboard found here, when it also holds puppeteer-core."""
+    exe = find_omniboard(REPO)
+    if exe is None or shutil.which("node") is None:
+        return None
+    folder = Path(exe).resolve().parents[2] if "node_modules" in Path(exe).resolve().parts else None
+    for candidate in (Path(os.environ.get("NODE_PATH", "")), folder, Path(exe).parent.parent):
+        if candidate and (candidate / "puppeteer-core").is_dir():
+            return candidate
+    return None
+
+
 @pytest.mark.mongo
-@pytest.mark.skipif(find_omniboard(REPO) is None or chromium() is None,
-                    reason="needs Omniboard (npm install omniboard, or MASKCL_OMNIBOARD) and headless Chromium")
+@pytest.mark.skipif(chromium() is None or node_modules() is None,
+                    reason="needs Omniboard + puppeteer-core (npm install omniboard puppeteer-core; MASKCL_OMNIBOARD) "
+                    "and headless Chromium")
 def test_omniboard_lists_the_run_and_draws_its_curve(tmp_path: Path) -> None:
+    import json
+
     runs = write_store(tmp_path)
     port, web = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskcl", "board", "--runs", str(runs), "--data-dir", str(tmp_path / "board"),
-         "--port", str(port), "--web-port", str(web), "--omniboard", find_omniboard(REPO), "--serve-seconds", "150"],
+         "--port", str(port), "--web-port", str(web), "--omniboard", find_omniboard(REPO), "--serve-seconds", "300"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", web)) == 0:
                     break
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.5)
-
-        def dom(url: str) -> str:
-            done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
-                                   "--dump-dom", url], capture_output=True, text=True, timeout=120)
-            return done.stdout
-
-        assert "maskcl_train" in dom(f"http://127.0.0.1:{web}/")  # the runs list shows the run
-        page = dom(f"http://127.0.0.1:{web}/run/1?tab=metrics")
-        assert "test.cc.mAP" in page and "<svg" in page  # a metric curve is drawn
+        done = subprocess.run(
+            ["node", str(Path(__file__).parent / "browser" / "omniboard_shot.js"), f"http://127.0.0.1:{web}/",
+             chromium(), str(tmp_path / "shot"), "1", "test.cc.mAP"],
+            capture_output=True, text=True, timeout=240, env={**os.environ, "NODE_PATH": str(node_modules())},
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result.get("list_has_run") and result.get("expanded"), result  # the runs list shows the run
+        assert result.get("metric_listed") and result.get("curve_svg", 0) > 0, result  # its curve is drawn
+        assert (tmp_path / "shot_metric.png").stat().st_size > 0
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
