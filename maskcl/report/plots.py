@@ -148,7 +148,7 @@ def plot_training(records: Sequence[RunRecord], out_dir: str | Path) -> list[Pat
             records,
             [f"test.{protocol}.mAP", f"test.{protocol}.rank1"],
             out_dir / f"curves_{protocol}.png",
-            title=f"Test {protocol_title(protocol)} per epoch",
+            title=f"{protocol_title(protocol).capitalize()} protocol: test mAP and rank-1 per epoch",
             ylabels=["mAP (%)", "rank-1 (%)"],
         )
         written.append(path)
@@ -234,7 +234,7 @@ def plot_sweep(
     if note is None and dropped:
         note = dropped_note(dropped)
     if protocol is None:
-        protocol = next((p for r in records for p in r.metrics), None)
+        protocol = headline_protocol(records)
     records = [r for r in records if protocol in r.metrics]
     if protocol is None or len({r.flat_config[key] for r in records}) < 2:
         return None
@@ -266,6 +266,15 @@ def plot_sweep(
         fig.subplots_adjust(bottom=0.26)
         fig.text(0.5, 0.02, note, ha="center", fontsize=7, wrap=True)
     return _save(fig, Path(out))
+
+
+def headline_protocol(records: Sequence[RunRecord]) -> str | None:
+    """The paper's protocol when the runs have it (clothes-changing), else the first one found."""
+    found = [p for r in records for p in r.metrics]
+    for preferred in ("cc", "ltcc_cc_maskcl", "prcc_cc_single_shot", "prcc_cc", "vcclothes_cc"):
+        if preferred in found:
+            return preferred
+    return found[0] if found else None
 
 
 def dropped_note(dropped: Sequence[tuple[RunRecord, list[str]]]) -> str:
