@@ -160,18 +160,18 @@ def test_second_training_into_one_folder_refuses_at_once_naming_folder_and_pid(t
         try:
             _wait_for(marker, first, first_log, "epoch 1 of the first training")
             assert (out / LOCK_NAME).read_text().strip() == str(first.pid)
-            start = time.monotonic()
             second = subprocess.run(
                 [sys.executable, "-m", "maskcl.cli", "train", "--params", str(params), "--set", "seed=5",
                  "--out", str(out)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
-            refused_in = time.monotonic() - start
             assert second.returncode == 2, second.stderr
             lines = _error_lines(second.stderr, "maskcl train: error:")
             assert lines == [
                 f"maskcl train: error: '{out}' is in use by another training (PID {first.pid} holds "
                 f"'{LOCK_NAME}'); wait for it to finish, stop it, or train into another --out folder"
             ], second.stderr
-            assert "Traceback" not in second.stderr and refused_in < 60  # no model built, no epoch run
+            # refused before any work: no data loaded, no model built, no epoch run (a wall-clock
+            # bound would be flaky on the shared 2-core machine)
+            assert "Traceback" not in second.stderr and "epoch" not in second.stderr and "images" not in second.stderr
             go.write_text("")
             assert first.wait(timeout=240) == 0, first_log.read_text()
         finally:
