@@ -54,6 +54,8 @@ class SynthConfig:
     width: int = 64
     seed: int = 0
     keep_lower: float = 0.5  # probability that a new outfit re-uses a lower garment the person already wore
+    shade: float = 0.0  # RGB std of each garment's own shade around its palette colour
+    camera_strength: float = 1.0  # how far cameras stray from a neutral one (light, cast, backdrop, blur; 0: alike)
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     r(s.identities >= 4 and s.identities % 2 == 0, source, "synth.identities", s.identities, "an even integer >= 4")
     r(1 <= s.outfits <= 10, source, "synth.outfits", s.outfits, "an integer from 1 to 10 (each outfit has its own upper colour of 10)")
     r(0.0 <= s.keep_lower <= 1.0, source, "synth.keep_lower", s.keep_lower, "a probability from 0 to 1")
+    r(0.0 <= s.camera_strength <= 1.0, source, "synth.camera_strength", s.camera_strength, "a scale from 0 (neutral cameras) to 1")
+    r(0.0 <= s.shade <= 128.0, source, "synth.shade", s.shade, "an RGB standard deviation from 0 to 128")
     r(s.cameras >= 2, source, "synth.cameras", s.cameras, "an integer >= 2")
     r(s.images_per >= 1, source, "synth.images_per", s.images_per, "an integer >= 1")
     r(s.height >= 32 and s.width >= 16, source, "synth.height/width", (s.height, s.width), "at least 32×16")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,8 @@ def test_cli_refuses_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize(
     "option, value, key",
-    [("--identities", "3", "synth.identities"), ("--cameras", "1", "synth.cameras"), ("--images-per", "0", "synth.images_per")],
+    [("--identities", "3", "synth.identities"), ("--cameras", "1", "synth.cameras"), ("--images-per", "0", "synth.images_per"),
+     ("--camera-strength", "1.5", "synth.camera_strength"), ("--shade", "-1", "synth.shade")],
 )
 def test_cli_rejects_invalid_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, key: str) -> None:
     code = main(["synth", "--out", str(tmp_path / "o"), option, value, "--no-progress"])
@@ -192,6 +194,41 @@ def test_keep_lower_re_uses_trousers_already_worn() -> None:
         for k, outfit in enumerate(outfits[1:], start=1):
             worn = outfits[:k]
             assert any((outfit.lower, outfit.shorts, outfit.shoes) == (o.lower, o.shorts, o.shoes) for o in worn)
+
+
+def test_shades_give_every_garment_its_own_colour_and_re_worn_trousers_keep_theirs() -> None:
+    for pid in range(20):
+        outfits = syn._shaded(0, pid, syn._outfits(0, pid, 6, keep_lower=0.7), shade=40.0)
+        assert len({o.upper_shade for o in outfits}) == 6  # every top its own shade
+        for k, outfit in enumerate(outfits):
+            for earlier in outfits[:k]:
+                if (outfit.lower, outfit.shorts, outfit.shoes) == (earlier.lower, earlier.shorts, earlier.shoes):
+                    assert (outfit.lower_shade, outfit.shoes_shade) == (earlier.lower_shade, earlier.shoes_shade)
+
+
+def test_no_shade_leaves_outfits_and_pixels_as_the_palette_draws_them() -> None:
+    plain = syn._outfits(0, 3, 4, keep_lower=0.5)
+    assert syn._shaded(0, 3, plain, shade=0.0) == plain
+    body, camera = syn._body(0, 3), replace(syn._camera(0, 1), blur=0.0)  # no blur: colours stay in their parts
+    shaded = syn._shaded(0, 3, plain, shade=60.0)[0]
+    draw = lambda outfit: syn.render(body, outfit, camera, 64, 32, np.random.default_rng(5))  # noqa: E731
+    (image, labels), (shaded_image, shaded_labels) = draw(plain[0]), draw(shaded)
+    assert np.array_equal(labels, shaded_labels)  # the shade changes colour, never the body
+    upper = labels == syn.UPPER
+    assert not np.array_equal(image[upper], shaded_image[upper])
+    assert np.array_equal(image[labels == syn.FACE], shaded_image[labels == syn.FACE])
+
+
+def test_camera_strength_scales_every_camera_effect_toward_a_neutral_camera() -> None:
+    full = [syn._camera(0, cam, 1.0) for cam in range(4)]
+    none = [syn._camera(0, cam, 0.0) for cam in range(4)]
+    half = [syn._camera(0, cam, 0.5) for cam in range(4)]
+    assert full == [syn._camera(0, cam) for cam in range(4)]  # 1 is the generator as it always was
+    assert len(set(none)) == 1 and none[0].tint == (1.0, 1.0, 1.0) and none[0].gradient == 0.0
+    for f, h, n in zip(full, half, none):
+        assert h.light == pytest.approx((f.light + n.light) / 2)
+        assert h.blur == pytest.approx((f.blur + n.blur) / 2)
+        assert h.background == pytest.approx(tuple((a + b) / 2 for a, b in zip(f.background, n.background)))
 
 
 def test_calibrated_default_generator_is_byte_deterministic(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ class SynthSpec:
     width: int = 64
     seed: int = 0
     keep_lower: float = 0.5  # probability that an outfit re-uses a lower garment (and shoes) already worn
+    shade: float = 0.0  # RGB std of a garment's own shade around its palette colour (0: the palette colour itself)
+    camera_strength: float = 1.0  # how far cameras stray from a neutral one (light, cast, backdrop, blur; 0: alike)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,11 @@ class Outfit:
     pattern: str
     long_sleeves: bool
     shorts: bool
+    # A garment's shade: its offset from the palette colour. Real clothes of one colour name differ
+    # (navy vs royal blue), so two people in "blue" are alike without being the same outfit.
+    upper_shade: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lower_shade: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    shoes_shade: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -163,16 +170,49 @@ def _outfits(seed: int, pid: int, count: int, keep_lower: float = 0.0) -> list[O
     return outfits
 
 
-def _camera(seed: int, cam: int) -> Camera:
+def _shaded(seed: int, pid: int, outfits: list[Outfit], shade: float) -> list[Outfit]:
+    """Give every garment its own shade; a re-worn lower garment (and its shoes) keeps the shade
+    it had, so it is the same piece of clothing. Drawn from a stream of its own: ``shade=0``
+    leaves every earlier dataset byte-identical."""
+    if shade <= 0:
+        return outfits
+    rng = _stream(seed, 6, pid)
+    worn: dict[tuple[int, bool, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+    shaded = []
+    for outfit in outfits:
+        upper, lower, shoes = (tuple(float(v) for v in rng.normal(0.0, shade, 3)) for _ in range(3))
+        key = (outfit.lower, outfit.shorts, outfit.shoes)
+        lower, shoes = worn.setdefault(key, (lower, shoes))
+        shaded.append(replace(outfit, upper_shade=upper, lower_shade=lower, shoes_shade=shoes))
+    return shaded
+
+
+def _camera(seed: int, cam: int, strength: float = 1.0) -> Camera:
+    """``strength`` scales how far each camera strays from a neutral one: its brightness (±25 % at
+    1), colour cast (±15 % per channel), backdrop colour, vertical gradient, blur (σ ≤ 1.2 px),
+    texture and scale. Strong camera effects recolour and soften everything a camera sees, so
+    features group images by camera before they group them by outfit; 0 makes cameras identical
+    (crops still differ)."""
     rng = _stream(seed, 3, cam)
+    background = rng.uniform(60, 200, 3)
+    gradient = float(rng.uniform(-40, 40))
+    light = float(rng.uniform(0.7, 1.2))
+    tint = rng.uniform(0.85, 1.15, 3)
+    scale = float(rng.uniform(0.93, 1.03))  # detector crops: the person fills the box
+    blur = float(rng.uniform(0.0, 1.2))
+    texture = float(rng.uniform(2, 14))
+
+    def toward(neutral: float, value: float) -> float:
+        return float(value) if strength == 1.0 else float(neutral + strength * (value - neutral))
+
     return Camera(
-        background=tuple(float(v) for v in rng.uniform(60, 200, 3)),
-        gradient=float(rng.uniform(-40, 40)),
-        light=float(rng.uniform(0.7, 1.2)),
-        tint=tuple(float(v) for v in rng.uniform(0.85, 1.15, 3)),
-        scale=float(rng.uniform(0.93, 1.03)),  # detector crops: the person fills the box
-        blur=float(rng.uniform(0.0, 1.2)),
-        texture=float(rng.uniform(2, 14)),
+        background=tuple(toward(130.0, v) for v in background),
+        gradient=toward(0.0, gradient),
+        light=toward(0.95, light),
+        tint=tuple(toward(1.0, v) for v in tint),
+        scale=toward(0.98, scale),
+        blur=toward(0.6, blur),
+        texture=toward(8.0, texture),
     )
 
 
@@ -269,13 +309,14 @@ def _paint(labels: np.ndarray, body: Body, outfit: Outfit, camera: Camera, yy: n
     colours = {
         HAIR: np.array(body.hair, dtype=np.float32),
         FACE: skin, LEFT_ARM: skin, RIGHT_ARM: skin, LEFT_LEG: skin, RIGHT_LEG: skin,
-        PANTS: CLOTHES_PALETTE[outfit.lower],
-        LEFT_SHOE: CLOTHES_PALETTE[outfit.shoes] * 0.6, RIGHT_SHOE: CLOTHES_PALETTE[outfit.shoes] * 0.6,
+        PANTS: _garment(outfit.lower, outfit.lower_shade),
+        LEFT_SHOE: _garment(outfit.shoes, outfit.shoes_shade) * 0.6,
+        RIGHT_SHOE: _garment(outfit.shoes, outfit.shoes_shade) * 0.6,
     }
     for label, colour in colours.items():
         canvas[labels == label] = colour
     upper = labels == UPPER
-    upper_colour = np.broadcast_to(CLOTHES_PALETTE[outfit.upper], (height, width, 3)).copy()
+    upper_colour = np.broadcast_to(_garment(outfit.upper, outfit.upper_shade), (height, width, 3)).copy()
     period = max(height // 16, 2)
     if outfit.pattern == "stripes":
         upper_colour[(yy.astype(int) // period) % 2 == 1] *= 0.55
@@ -290,6 +331,10 @@ def _paint(labels: np.ndarray, body: Body, outfit: Outfit, camera: Camera, yy: n
         canvas = gaussian_filter(canvas, sigma=(camera.blur, camera.blur, 0))
     canvas += rng.normal(0, 3.0, canvas.shape)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def _garment(palette_index: int, shade: tuple[float, float, float]) -> np.ndarray:
+    return np.clip(CLOTHES_PALETTE[palette_index] + np.array(shade, dtype=np.float32), 0, 255)
 
 
 def voc_palette() -> list[int]:
@@ -361,8 +406,11 @@ def _write(spec: SynthSpec, root: Path, progress: bool) -> None:
     (ltcc / "info").mkdir()
     palette = voc_palette()
     bodies = {pid: _body(spec.seed, pid) for pid in range(spec.identities)}
-    outfits = {pid: _outfits(spec.seed, pid, spec.outfits, spec.keep_lower) for pid in range(spec.identities)}
-    cameras = {cam: _camera(spec.seed, cam) for cam in range(spec.cameras)}
+    outfits = {
+        pid: _shaded(spec.seed, pid, _outfits(spec.seed, pid, spec.outfits, spec.keep_lower), spec.shade)
+        for pid in range(spec.identities)
+    }
+    cameras = {cam: _camera(spec.seed, cam, spec.camera_strength) for cam in range(spec.cameras)}
     split = _assign_split(spec)
     frame = 0
     for (pid, outfit, cam, index), subset in tqdm(

@@ -37,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--keep-lower", type=float, default=None, dest="keep_lower",
         help="probability that an outfit re-uses a lower garment already worn (default: synth.keep_lower)",
     )
+    parser.add_argument(
+        "--shade", type=float, default=None, dest="shade",
+        help="RGB std of each garment's shade around its palette colour (default: synth.shade)",
+    )
+    parser.add_argument(
+        "--camera-strength", type=float, default=None, dest="camera_strength",
+        help="how far cameras stray from a neutral one, 0 (alike) to 1 (default: synth.camera_strength)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing synthetic dataset in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     overrides = {
-        f"synth.{name}": getattr(args, name) for name in (*OPTIONS, "keep_lower") if getattr(args, name) is not None
+        f"synth.{name}": getattr(args, name) for name in (*OPTIONS, "keep_lower", "shade", "camera_strength") if getattr(args, name) is not None
     }
     if overrides:
         config = config.replace(**overrides)  # validates: bad values fail with the key named
