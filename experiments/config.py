@@ -30,7 +30,7 @@ from sacred import SETTINGS, Experiment
 from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
 
 from maskcl.config import Config, read_yaml_mapping
-from maskcl.errors import MaskclError
+from maskcl.errors import MaskclError, find_in_chain
 
 # Capture print/logging through sys.stdout instead of tee-ing file descriptors 1/2 through
 # subprocesses: DataLoader workers and faiss cannot flood the record, and it works under pytest.
@@ -179,13 +179,7 @@ def check_config_files(argv: Sequence[str]) -> None:
 
 
 def _first_maskcl_error(exc: BaseException | None) -> MaskclError | None:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MaskclError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return find_in_chain(exc, MaskclError)
 
 
 @contextmanager

@@ -9,6 +9,9 @@ one line and exits non-zero; a traceback is reserved for bugs in this project.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class MaskclError(Exception):
@@ -22,6 +25,19 @@ class MaskclError(Exception):
         if len(args) == 1 and isinstance(args[0], str):
             args = (_unwrap_worker_message(args[0], type(self)),)
         super().__init__(*args)
+
+
+def find_in_chain(exc: BaseException | None, kind: type[_E]) -> _E | None:
+    """The first exception of ``kind`` along ``exc``'s cause/context chain (``exc`` included).
+    Libraries wrap what went wrong (torch.save turns ENOSPC into a RuntimeError, Sacred wraps a
+    config error), and the one-line message must name the original."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _unwrap_worker_message(text: str, cls: type) -> str:

@@ -152,3 +152,24 @@ def patch_collaborators(monkeypatch, splits: DatasetSplits, real: bool = True) -
             monkeypatch.setattr(trainer, name, standin)
         used[name] = ok
     return used
+
+
+def make_ltcc_tree(tmp: Path) -> tuple[DatasetSplits, Path]:
+    """The tiny tree plus the LTCC ``info/`` lists, so the real ``synthetic`` loader reads it
+    (a ``maskcl train`` subprocess, where nothing can be monkeypatched)."""
+    splits, mask_root = make_tiny_tree(tmp)
+    info = splits.root / "info"
+    info.mkdir(exist_ok=True)
+    train_ids = sorted({r.path.name[:3] for r in splits.train})
+    test_ids = sorted({r.path.name[:3] for r in splits.query + splits.gallery})
+    (info / "cloth-change_id_train.txt").write_text("".join(f"{int(i)}\n" for i in train_ids))
+    (info / "cloth-unchange_id_train.txt").write_text("")
+    (info / "cloth-change_id_test.txt").write_text("".join(f"{int(i)}\n" for i in test_ids))
+    (info / "cloth-unchange_id_test.txt").write_text("")
+    return splits, mask_root
+
+
+def truncate_half(path: Path) -> None:
+    """Cut a file to its first half: what an interrupted copy or write leaves behind."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])

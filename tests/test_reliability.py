@@ -24,9 +24,9 @@ import yaml
 from PIL import Image
 
 try:
-    from tests.engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from tests.engine_fixtures import make_ltcc_tree, make_tiny_tree, patch_collaborators, tiny_config, truncate_half
 except ImportError:  # rootdir-less import mode
-    from engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from engine_fixtures import make_ltcc_tree, make_tiny_tree, patch_collaborators, tiny_config, truncate_half
 
 from maskcl.data.dataset import TrainPairs
 from maskcl.data.transforms import eval_transform
@@ -36,26 +36,6 @@ from maskcl.engine.extract import extract_features
 from maskcl.errors import CheckpointError, ClusteringError, DatasetError, MaskError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tree(tmp: Path):
-    """The engine tests' tiny tree plus the LTCC ``info/`` lists, so the real ``synthetic``
-    loader (used by a ``maskcl train`` subprocess, where nothing can be monkeypatched) reads it."""
-    splits, mask_root = make_tiny_tree(tmp)
-    info = splits.root / "info"
-    info.mkdir(exist_ok=True)
-    train_ids = sorted({r.path.name[:3] for r in splits.train})
-    test_ids = sorted({r.path.name[:3] for r in splits.query + splits.gallery})
-    (info / "cloth-change_id_train.txt").write_text("".join(f"{int(i)}\n" for i in train_ids))
-    (info / "cloth-unchange_id_train.txt").write_text("")
-    (info / "cloth-change_id_test.txt").write_text("".join(f"{int(i)}\n" for i in test_ids))
-    (info / "cloth-unchange_id_test.txt").write_text("")
-    return splits, mask_root
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _without_timings(history: list[dict]) -> list[dict]:
@@ -75,7 +55,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory):
     """Read-only shared tree; tests that corrupt files build their own."""
-    return _tree(tmp_path_factory.mktemp("tiny"))
+    return make_ltcc_tree(tmp_path_factory.mktemp("tiny"))
 
 
 # ---------------------------------------------------------------- 1. corrupt images
@@ -84,7 +64,7 @@ def test_unreadable_image_in_extraction_is_one_line_dataset_error(tmp_path: Path
     splits, _ = make_tiny_tree(tmp_path)
     bad = splits.gallery[1].path
     if corrupt == "truncated":
-        _truncate(bad)
+        truncate_half(bad)
     else:
         bad.write_text("this is not a PNG\n")
     paths = [r.path for r in splits.query + splits.gallery]
@@ -99,7 +79,7 @@ def test_unreadable_image_through_dataloader_workers_keeps_one_line(tmp_path: Pa
     """A worker re-raises the error as ``DatasetError(<worker traceback>)``; the message stays the original line."""
     splits, _ = make_tiny_tree(tmp_path)
     bad = splits.query[0].path
-    _truncate(bad)
+    truncate_half(bad)
     paths = [r.path for r in splits.query]
     with pytest.raises(DatasetError) as info:
         extract_features(lambda x: x.flatten(1), paths, eval_transform(32, 16), torch.device("cpu"),
@@ -113,7 +93,7 @@ def test_truncated_mask_read_for_training_is_a_mask_error(tmp_path: Path) -> Non
     splits, mask_root = make_tiny_tree(tmp_path)
     records = sorted(splits.train, key=lambda r: str(r.path))
     masks = [mask_root / "train" / r.path.name for r in records]
-    _truncate(masks[0])
+    truncate_half(masks[0])
     data = TrainPairs([r.path for r in records], [0] * len(records), eval_transform(32, 16), masks,
                       eval_transform(32, 16))
     with pytest.raises(MaskError, match=rf"mask '{masks[0]}' cannot be read .*expected a readable PNG mask — "
@@ -128,7 +108,7 @@ def test_cli_train_prints_a_corrupt_train_image_on_one_line(tmp_path: Path, monk
     splits, mask_root = make_tiny_tree(tmp_path)
     patch_collaborators(monkeypatch, splits)
     bad = sorted(splits.train, key=lambda r: str(r.path))[5].path
-    _truncate(bad)  # header intact (passes the mask-size check), pixels cut: fails when decoded
+    truncate_half(bad)  # header intact (passes the mask-size check), pixels cut: fails when decoded
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_config(splits.root, mask_root).to_dict()))
     code = main(["train", "--params", str(params), "--set", "train.workers=2", "--out", str(tmp_path / "run")])

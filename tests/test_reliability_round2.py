@@ -33,9 +33,9 @@ import yaml
 from PIL import Image
 
 try:
-    from tests.engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from tests.engine_fixtures import make_ltcc_tree, make_tiny_tree, patch_collaborators, tiny_config, truncate_half
 except ImportError:  # rootdir-less import mode
-    from engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from engine_fixtures import make_ltcc_tree, make_tiny_tree, patch_collaborators, tiny_config, truncate_half
 
 from maskcl import atomic
 from maskcl.cli import main
@@ -51,24 +51,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------- helpers
-def _tree(tmp: Path):
-    """The tiny tree plus the LTCC ``info/`` lists, so the real ``synthetic`` loader reads it
-    (a ``maskcl train`` subprocess cannot be monkeypatched)."""
-    splits, mask_root = make_tiny_tree(tmp)
-    info = splits.root / "info"
-    info.mkdir(exist_ok=True)
-    train_ids = sorted({r.path.name[:3] for r in splits.train})
-    test_ids = sorted({r.path.name[:3] for r in splits.query + splits.gallery})
-    (info / "cloth-change_id_train.txt").write_text("".join(f"{int(i)}\n" for i in train_ids))
-    (info / "cloth-unchange_id_train.txt").write_text("")
-    (info / "cloth-change_id_test.txt").write_text("".join(f"{int(i)}\n" for i in test_ids))
-    (info / "cloth-unchange_id_test.txt").write_text("")
-    return splits, mask_root
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _params(tmp: Path, splits, mask_root, **overrides) -> Path:
@@ -112,7 +94,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory):
     """Read-only shared tree; tests that corrupt files build their own."""
-    return _tree(tmp_path_factory.mktemp("tiny"))
+    return make_ltcc_tree(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +227,7 @@ def test_unreadable_test_image_fails_at_setup_before_any_model(tmp_path: Path, m
     splits, mask_root = make_tiny_tree(tmp_path)
     patch_collaborators(monkeypatch, splits)
     bad = getattr(splits, split)[1].path
-    _truncate(bad) if corrupt == "truncated" else bad.write_text("not an image\n")
+    truncate_half(bad) if corrupt == "truncated" else bad.write_text("not an image\n")
     built = []
     monkeypatch.setattr(trainer, "build_network", lambda *a, **k: built.append(1))
     with pytest.raises(DatasetError) as info:
@@ -262,7 +244,7 @@ def test_truncated_train_mask_fails_at_setup_as_a_mask_with_the_fix(tmp_path: Pa
     patch_collaborators(monkeypatch, splits)
     record = sorted(splits.train, key=lambda r: str(r.path))[2]
     mask = mask_root / "train" / record.path.name
-    _truncate(mask)  # header intact: the size check alone passes it
+    truncate_half(mask)  # header intact: the size check alone passes it
     with pytest.raises(MaskError) as info:
         trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run")
     message = str(info.value)
@@ -272,12 +254,12 @@ def test_truncated_train_mask_fails_at_setup_as_a_mask_with_the_fix(tmp_path: Pa
 
 
 def test_maskcl_data_checks_every_split_and_keeps_the_previous_summary(tmp_path: Path, capsys) -> None:
-    splits, _ = _tree(tmp_path)
+    splits, _ = make_ltcc_tree(tmp_path)
     summary = tmp_path / "data.json"
     assert main(["data", "--set", f"dataset.root={splits.root}", "--summary", str(summary)]) == 0
     before = summary.read_bytes()
     bad = splits.gallery[0].path
-    _truncate(bad)
+    truncate_half(bad)
     capsys.readouterr()
     assert main(["data", "--set", f"dataset.root={splits.root}", "--summary", str(summary)]) == 2
     line = _one_error(capsys, "maskcl data: error:")
@@ -463,7 +445,7 @@ def test_train_out_that_is_a_file_is_one_line(tmp_path: Path, capsys, where: str
 
 @pytest.mark.parametrize("where", ["a folder", "under a file"])
 def test_data_summary_that_is_a_folder_or_under_a_file_is_one_line(tmp_path: Path, capsys, where: str) -> None:
-    splits, _ = _tree(tmp_path)
+    splits, _ = make_ltcc_tree(tmp_path)
     if where == "a folder":
         summary = tmp_path / "results"
         summary.mkdir()
@@ -508,7 +490,7 @@ def _fill_disk(monkeypatch, limit: int = 10) -> None:
 
 
 def test_full_disk_on_maskcl_data_is_one_line_and_keeps_the_old_summary(tmp_path: Path, capsys, monkeypatch) -> None:
-    splits, _ = _tree(tmp_path)
+    splits, _ = make_ltcc_tree(tmp_path)
     summary = tmp_path / "out" / "data.json"
     assert main(["data", "--set", f"dataset.root={splits.root}", "--summary", str(summary)]) == 0
     before = summary.read_bytes()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from maskcl.atomic import current_umask
-from maskcl.errors import CheckpointError
+from maskcl.errors import CheckpointError, find_in_chain
 
 FORMAT = 1
 SHOWN = 5
@@ -55,14 +55,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind ``exc``: torch.save reports a failed handle write as a RuntimeError
     whose ``__context__`` is the OSError (e.g. ENOSPC)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return find_in_chain(exc, OSError)
 
 
 def _write_failure(path: Path, exc: OSError) -> str:
