@@ -84,6 +84,8 @@ HISTORY_NAMES = {
     "loss_rgb": "train.loss_rgb",
     "loss_mask": "train.loss_mask",
     "loss_fusion": "train.loss_fusion",
+    "xview_instance": "train.xview_instance",  # −cos(g_rgb, f_mask): inside loss_mask, logged alone
+    "xview_prototype": "train.xview_prototype",  # −cos(g_rgb, mask prototype of the sample's cluster)
     "n_clusters": "cluster.n_clusters",
     "n_unclustered": "cluster.n_unclustered",
     "cluster_time_s": "cluster.time_s",

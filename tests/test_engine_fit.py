@@ -172,3 +172,38 @@ def test_engine_loss_falls_when_fitting_a_fixed_batch() -> None:
         memories["fusion"].update(out.h, indexes)
         totals.append(total.item())
     assert sum(totals[-3:]) / 3 < sum(totals[:3]) / 3
+
+
+def test_cross_view_parts_are_the_two_cosines_inside_loss_mask() -> None:
+    """The recorded parts are −cos(g, f_mask) and −cos(g, the sample's mask prototype), computed
+    here by hand, and loss_mask minus them is exactly the mask memory's focal + neighbour loss."""
+    from maskcl.config import TrainConfig
+    from maskcl.memory import InstanceMemory
+    from maskcl.models import TwoBranchNet
+
+    torch.manual_seed(0)
+    net = TwoBranchNet("resnet18", pretrained="none", method="maskcl")
+    images, masks = torch.randn(6, 3, 32, 16), torch.randn(6, 3, 32, 16)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    net.eval()
+    with torch.no_grad():
+        f_rgb, f_mask = net(images), net.mask_features(masks)
+    memories = {"rgb": InstanceMemory(f_rgb), "mask": InstanceMemory(f_mask), "fusion": InstanceMemory(f_rgb)}
+    for memory in memories.values():
+        memory.set_labels(labels)
+    net.train()
+    out = net.forward_train(images, masks)
+    parts: dict[str, torch.Tensor] = {}
+    with_parts = trainer.maskcl_losses(out, memories, labels, None, TrainConfig(), parts=parts)
+    alone = trainer.maskcl_losses(out, memories, labels, None, TrainConfig(cross_view=False))
+    g = torch.nn.functional.normalize(out.g_rgb.detach(), dim=1)
+    protos = torch.stack([memories["mask"].feats[labels == c].mean(0) for c in range(4)])
+    by_hand_instance = -(g * torch.nn.functional.normalize(out.f_mask.detach(), dim=1)).sum(1).mean()
+    by_hand_prototype = -(g * torch.nn.functional.normalize(protos[labels], dim=1)).sum(1).mean()
+    assert set(parts) == {"xview_instance", "xview_prototype"}
+    assert parts["xview_instance"].item() == pytest.approx(by_hand_instance.item(), abs=1e-5)
+    assert parts["xview_prototype"].item() == pytest.approx(by_hand_prototype.item(), abs=1e-5)
+    assert not parts["xview_instance"].requires_grad
+    recombined = alone["loss_mask"] + parts["xview_instance"] + parts["xview_prototype"]
+    assert with_parts["loss_mask"].item() == pytest.approx(recombined.item(), abs=1e-5)
+    assert trainer.maskcl_losses(out, memories, labels, None, TrainConfig()).keys() == with_parts.keys()

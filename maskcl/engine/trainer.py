@@ -230,6 +230,7 @@ def maskcl_losses(
     nbrs: tuple[torch.Tensor, torch.Tensor] | None,
     t,
     batch_targets: torch.Tensor | None = None,
+    parts: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The per-step loss terms (paper.md §2.5), one entry per memory present.
 
@@ -242,6 +243,10 @@ def maskcl_losses(
     whole global batch's, in global order: the neighbour term then takes its weights and draws
     over the global batch (:func:`~maskcl.losses.sharded_neighbour_loss`); every other term is a
     batch mean, whose process average is the global mean.
+
+    ``parts``, when given, receives the two cross-view terms on their own (detached): they are
+    summed into ``loss_mask`` with its focal term, and whether the RGB projection moves toward the
+    silhouette view (``−cos``) is what the premise turns on, so a run records them per epoch.
     """
 
     def proto_and_nbr(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
@@ -261,8 +266,11 @@ def maskcl_losses(
         protos = memories["mask"].prototypes()
         loss_mask = proto_and_nbr(out.f_mask, protos)
         if t.cross_view and out.g_rgb is not None:
-            loss_mask = loss_mask + cross_view_instance_loss(out.g_rgb, out.f_mask)
-            loss_mask = loss_mask + cross_view_prototype_loss(out.g_rgb, protos, targets)
+            instance = cross_view_instance_loss(out.g_rgb, out.f_mask)
+            prototype = cross_view_prototype_loss(out.g_rgb, protos, targets)
+            loss_mask = loss_mask + instance + prototype
+            if parts is not None:
+                parts["xview_instance"], parts["xview_prototype"] = instance.detach(), prototype.detach()
         losses["loss_mask"] = loss_mask
     if out.h is not None and "fusion" in memories:
         probs = prototype_probs(out.h, memories["fusion"].prototypes(), t.temp)
@@ -471,12 +479,13 @@ class Engine:
             labels_now = self.memories["rgb"].labels
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = forward(images, masks)
+            parts: dict[str, torch.Tensor] = {}
             losses = maskcl_losses(
                 out, self.memories, labels_now[indexes], nbrs, t,
-                batch_targets=labels_now[batch_indexes] if self.world > 1 else None,
+                batch_targets=labels_now[batch_indexes] if self.world > 1 else None, parts=parts,
             )
             total = sum(losses.values())
-            values = self._global_values(total, losses)
+            values = self._global_values(total, losses | parts)
             if not math.isfinite(values["loss"]):
                 self._non_finite(epoch, it, values)
             self.optimizer.zero_grad(set_to_none=True)
@@ -614,7 +623,7 @@ class Engine:
         )
 
     def _log(self, entry: dict[str, Any], step: int) -> None:
-        for key in ("loss", "loss_rgb", "loss_mask", "loss_fusion"):
+        for key in ("loss", "loss_rgb", "loss_mask", "loss_fusion", "xview_instance", "xview_prototype"):
             if key in entry:
                 self.logger.log_scalar(f"train.{key}", entry[key], step)
         self.logger.log_scalar("cluster.n_clusters", entry["n_clusters"], step)
