@@ -230,5 +230,6 @@ def test_two_process_run_equals_single_process_run(tree, monkeypatch, tmp_path: 
         _assert_same_run(single, ranks, cfg2.train.lr, cfg2.train.iters)
     # rank 0 wrote the checkpoint and history; the resumed one continues the single process's
     history = load_checkpoint(tmp_path / "d2" / "last.pt")["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and history[0] == s1["history"][0]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == {k: v for k, v in s1["history"][0].items() if k not in trainer.TIMING_KEYS}  # timings live apart
     assert history[1]["test"]["cc"]["mAP"] == pytest.approx(s2["history"][1]["test"]["cc"]["mAP"], abs=1e-3)

@@ -207,3 +207,21 @@ def test_cross_view_parts_are_the_two_cosines_inside_loss_mask() -> None:
     recombined = alone["loss_mask"] + parts["xview_instance"] + parts["xview_prototype"]
     assert with_parts["loss_mask"].item() == pytest.approx(recombined.item(), abs=1e-5)
     assert trainer.maskcl_losses(out, memories, labels, None, TrainConfig()).keys() == with_parts.keys()
+
+
+def test_two_runs_with_one_seed_write_byte_identical_run_folders(setup, tmp_path: Path) -> None:
+    """DVC hashes the run folder: last.pt and history.json must not carry wall-clock timings
+    (they go to the dvcignored timings.json), or every re-run changes dvc.lock."""
+    import hashlib
+
+    splits, mask_root = setup
+    digests = []
+    for name in ("a", "b"):
+        trainer.fit(tiny_config(splits.root, mask_root), tmp_path / name)
+        folder = tmp_path / name
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "last.pt", folder / "history.json")})
+        timings = json.loads((folder / trainer.TIMINGS).read_text())
+        assert [t["epoch"] for t in timings] == [1, 2] and all(t["epoch_time_s"] > 0 for t in timings)
+        assert not any(k in entry for entry in json.loads((folder / "history.json").read_text()) for k in trainer.TIMING_KEYS)
+    assert digests[0] == digests[1]
+    assert "timings.json" in (Path(__file__).resolve().parents[1] / ".dvcignore").read_text().split()

@@ -86,6 +86,11 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 HISTORY = "history.json"
+# Wall-clock figures of each epoch, kept beside the checkpoint but out of it and out of
+# history.json: a re-run with the same seed must write the same run folder (DVC hashes it), and
+# timings never repeat. The folder's .dvcignore entry keeps this file out of the hash too.
+TIMINGS = "timings.json"
+TIMING_KEYS = ("cluster_time_s", "eval_time_s", "epoch_time_s")
 # keys a resumed run may change (how long / where / how fast it runs, not what it learns)
 RESUMABLE_CHANGES = (
     "train.epochs", "train.eval_step", "train.workers", "train.device", "train.amp",
@@ -221,6 +226,10 @@ class _Meter:
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def _without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]
 
 
 def maskcl_losses(
@@ -550,11 +559,13 @@ class Engine:
                 "epoch": epoch_done,
                 "rng": capture_rng(self.generator),
                 "config": self.cfg.to_dict(),
-                "history": self.history,
+                "history": _without_timings(self.history),
             },
             self.ckpt_path,
         )
-        _write_json(self.out_dir / HISTORY, self.history)
+        _write_json(self.out_dir / HISTORY, _without_timings(self.history))
+        timings = [{"epoch": e["epoch"], **{k: e[k] for k in TIMING_KEYS if k in e}} for e in self.history]
+        _write_json(self.out_dir / TIMINGS, timings)
 
     def _is_eval_epoch(self, epoch_done: int) -> bool:
         return epoch_done % self.cfg.train.eval_step == 0 or epoch_done == self.cfg.train.epochs
