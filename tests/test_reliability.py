@@ -239,7 +239,7 @@ def test_disk_full_during_training_stops_with_checkpoint_error(tree, tmp_path: P
     with pytest.raises(CheckpointError, match=rf"cannot write checkpoint '{out / 'last.pt'}': the disk is full"):
         trainer.fit(cfg, out)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt", "timings.json"]
 
 
 # ---------------------------------------------------------------- 5. kill -9, resume

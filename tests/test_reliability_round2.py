@@ -359,7 +359,7 @@ def test_kill_9_while_saving_leaves_a_temp_file_the_next_run_removes(tree, tmp_p
     assert f"removed 1 unfinished temp file(s) left in '{out}' by an interrupted run: {temps[0].name} (" in rerun.stderr
     assert "resumed from" in rerun.stderr and "after epoch 1" in rerun.stderr
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt", "metrics.json", "timings.json"]
 
 
 def test_stale_temp_cleanup_takes_only_the_projects_own_temp_files(tmp_path: Path) -> None:
@@ -528,7 +528,7 @@ def test_full_disk_on_train_metrics_is_one_line_and_keeps_the_checkpoint(tree, t
     line = _one_error(capsys, "maskcl train: error:")
     assert line.startswith(f"maskcl train: error: cannot write metrics file '{out / 'metrics.json'}': the disk is full")
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the trained epoch is kept
-    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pt", "timings.json"]
 
 
 def test_atomic_write_follows_the_umask(tmp_path: Path) -> None:
