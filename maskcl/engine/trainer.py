@@ -639,7 +639,8 @@ class Engine:
                 self.logger.log_scalar(f"train.{key}", entry[key], step)
         self.logger.log_scalar("cluster.n_clusters", entry["n_clusters"], step)
         self.logger.log_scalar("cluster.n_unclustered", entry["n_unclustered"], step)
-        self.logger.log_scalar("cluster.time_s", entry["cluster_time_s"], step)
+        if "cluster_time_s" in entry:  # absent from an epoch restored from the checkpoint (timings live apart)
+            self.logger.log_scalar("cluster.time_s", entry["cluster_time_s"], step)
         self.logger.log_scalar("lr", entry["lr"], step)
         for protocol, metrics in entry.get("test", {}).items():
             for name in ("mAP", "rank1"):
