@@ -137,23 +137,33 @@ def test_cli_train_then_evaluate(setup, tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == trained["metrics"]
 
 
-def test_engine_loss_falls_when_fitting_a_fixed_batch() -> None:
-    """The assembled MaskCL loss (all three memories, cross-view terms) decreases under Adam."""
-    from maskcl.config import TrainConfig
+def _net_and_memories(labels: torch.Tensor):
+    """A seeded two-branch ResNet-18, random images and masks (one per label), and the three
+    memories initialised from the eval-mode features and labelled with ``labels``."""
     from maskcl.memory import InstanceMemory
     from maskcl.models import TwoBranchNet
 
     torch.manual_seed(0)
     net = TwoBranchNet("resnet18", pretrained="none", method="maskcl")
-    images, masks = torch.randn(8, 3, 32, 16), torch.randn(8, 3, 32, 16)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    indexes = torch.arange(8)
+    images, masks = torch.randn(len(labels), 3, 32, 16), torch.randn(len(labels), 3, 32, 16)
     net.eval()
     with torch.no_grad():
         f_rgb, f_mask = net(images), net.mask_features(masks)
     memories = {"rgb": InstanceMemory(f_rgb), "mask": InstanceMemory(f_mask), "fusion": InstanceMemory(f_rgb)}
     for memory in memories.values():
         memory.set_labels(labels)
+    return net, images, masks, memories
+
+
+def test_engine_loss_falls_when_fitting_a_fixed_batch() -> None:
+    """The assembled MaskCL loss (all three memories, cross-view terms) decreases under Adam."""
+    from maskcl.config import TrainConfig
+    from maskcl.memory import InstanceMemory
+    from maskcl.models import TwoBranchNet
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    indexes = torch.arange(8)
+    net, images, masks, memories = _net_and_memories(labels)
     nbrs = (torch.tensor([[1], [0], [3], [2]]), torch.tensor([[0.5], [0.5], [0.5], [0.5]]))
     cfg = TrainConfig()
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
@@ -181,16 +191,8 @@ def test_cross_view_parts_are_the_two_cosines_inside_loss_mask() -> None:
     from maskcl.memory import InstanceMemory
     from maskcl.models import TwoBranchNet
 
-    torch.manual_seed(0)
-    net = TwoBranchNet("resnet18", pretrained="none", method="maskcl")
-    images, masks = torch.randn(6, 3, 32, 16), torch.randn(6, 3, 32, 16)
     labels = torch.tensor([0, 0, 1, 1, 2, 3])
-    net.eval()
-    with torch.no_grad():
-        f_rgb, f_mask = net(images), net.mask_features(masks)
-    memories = {"rgb": InstanceMemory(f_rgb), "mask": InstanceMemory(f_mask), "fusion": InstanceMemory(f_rgb)}
-    for memory in memories.values():
-        memory.set_labels(labels)
+    net, images, masks, memories = _net_and_memories(labels)
     net.train()
     out = net.forward_train(images, masks)
     parts: dict[str, torch.Tensor] = {}
