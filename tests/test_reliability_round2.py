@@ -279,7 +279,7 @@ def test_whole_file_check_reads_ends_and_accepts_bytes_after_the_end_marker(tmp_
 
 
 def test_evaluation_failure_keeps_the_trained_epoch_and_the_rerun_scores_it(trained, tmp_path, capsys, monkeypatch) -> None:
-    """Saved before evaluating: the one-line error names the saved checkpoint; the re-run scores
+    """Saved when the evaluation raises: the one-line error names the saved checkpoint; the re-run scores
     that epoch first and ends exactly as the uninterrupted run (``trained``) did."""
     params, whole = trained
     real = trainer.evaluate_model
@@ -305,8 +305,8 @@ def test_evaluation_failure_keeps_the_trained_epoch_and_the_rerun_scores_it(trai
 
 
 # ---------------------------------------------------------------- 3. kill -9 while last.pt is written
-# a `maskcl train` whose third checkpoint write (epoch 2, before its evaluation) stops half-way
-HANG_IN_SAVE_3 = r"""
+# a `maskcl train` whose second checkpoint write (epoch 2, one write per epoch) stops half-way
+HANG_IN_SAVE_2 = r"""
 import io, os, sys, time
 from pathlib import Path
 from maskcl.cli import main
@@ -315,7 +315,7 @@ marker, argv = Path(sys.argv[1]), sys.argv[2:]
 real_save, calls = checkpoint.torch.save, []
 def save(obj, handle, *args, **kwargs):
     calls.append(1)
-    if len(calls) != 3:
+    if len(calls) != 2:
         return real_save(obj, handle, *args, **kwargs)
     buffer = io.BytesIO()
     real_save(obj, buffer)
@@ -338,10 +338,10 @@ def test_kill_9_while_saving_leaves_a_temp_file_the_next_run_removes(tree, tmp_p
     out, marker, log_path = tmp_path / "R", tmp_path / "mid-save", tmp_path / "killed.log"
     args = ["train", "--params", str(params), "--out", str(out)]
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", HANG_IN_SAVE_3, str(marker), *args],
+        proc = subprocess.Popen([sys.executable, "-c", HANG_IN_SAVE_2, str(marker), *args],
                                 cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_for(marker, proc, log_path, "the third checkpoint write")
+            _wait_for(marker, proc, log_path, "the second checkpoint write")
             proc.kill()  # SIGKILL
             assert proc.wait(timeout=30) == -9
         finally:

@@ -43,18 +43,23 @@ def mask_paths(records: Sequence[Record], dataset_root: Path, mask_root: Path) -
     return [mask_path_for(r.path, dataset_root, mask_root) for r in records]
 
 
+# how a dataset reads one file: load_rgb, or a DecodedImages.load (same pixels, decoded once)
+Loader = Callable[..., Image.Image]
+
+
 class ImageList(Dataset):
     """``(transform(image), index)`` for a list of image paths (feature extraction)."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], Tensor]):
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], Tensor], load: Loader = load_rgb):
         self.paths = list(paths)
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(load_rgb(self.paths[index])), index
+        return self.transform(self.load(self.paths[index])), index
 
 
 @contextmanager
@@ -82,7 +87,7 @@ class TrainPairs(Dataset):
     mask tensor and reads no mask. ``paired`` (an image+mask transform) replaces the two
     independent transforms when given. The key is an index, or ``(index, seed)`` as
     :class:`~maskcl.data.sampler.GlobalBatchRows` yields it: the transforms then run under that
-    seed (:func:`seeded_augmentation`).
+    seed (:func:`seeded_augmentation`). ``load`` reads a file (:data:`Loader`).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class TrainPairs(Dataset):
         mask_paths: Sequence[Path] | None = None,
         mask_transform: Callable | None = None,
         paired: Callable | None = None,
+        load: Loader = load_rgb,
     ):
         if len(labels) != len(image_paths):
             raise ValueError(f"{len(labels)} labels for {len(image_paths)} images")
@@ -104,18 +110,19 @@ class TrainPairs(Dataset):
         self.image_transform = image_transform
         self.mask_transform = mask_transform
         self.paired = paired
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = load_rgb(self.image_paths[index])
+        image = self.load(self.image_paths[index])
         if self.mask_paths is None:
             with seeded_augmentation(seed):
                 image_t = self.image_transform(image)
             return image_t, torch.empty(0), self.labels[index], index
-        mask = load_rgb(self.mask_paths[index], "mask", MaskError)
+        mask = self.load(self.mask_paths[index], "mask", MaskError)
         with seeded_augmentation(seed):
             if self.paired is not None:
                 image_t, mask_t = self.paired(image, mask)

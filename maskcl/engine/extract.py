@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from maskcl.data.dataset import ImageList
+from maskcl.data.dataset import ImageList, Loader, load_rgb
 
 
 @torch.no_grad()
@@ -24,6 +24,7 @@ def extract_features(
     amp: bool = False,
     desc: str = "extract",
     progress: bool = True,
+    load: Loader = load_rgb,
 ) -> Tensor:
     """``[N, D]`` float32 features of ``paths`` (in order) on ``device``.
 
@@ -31,9 +32,10 @@ def extract_features(
     in eval mode. The loader gets its own generator so extraction never consumes the global torch
     RNG (a resumed run must replay the same random stream as an uninterrupted one).
     ``progress=False`` hides the bar (the processes of a multi-process run other than rank 0).
+    ``load`` reads a file (a run's :class:`~maskcl.data.image_cache.DecodedImages`).
     """
     loader = DataLoader(
-        ImageList(paths, transform),
+        ImageList(paths, transform, load),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

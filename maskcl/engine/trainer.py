@@ -8,9 +8,11 @@ One epoch, in the authors' order (paper.md §2.3–2.6, OpenUnReID's runner orde
    curriculum ``K_e = floor(allknn · e / epochs)`` (e 0-based; no neighbour loss while ``K_e = 0``);
 3. ``iters`` Adam steps on P×K batches; after every step each memory slot of the batch moves
    toward its new feature;
-4. StepLR step; ``out_dir/last.pt`` (atomic) and ``out_dir/history.json``;
-5. evaluation every ``eval_step`` epochs and at the last epoch (RGB ``f`` only), after the save
-   (an evaluation failure never loses the epoch; a resumed run scores it first), then saved again.
+4. StepLR step;
+5. evaluation every ``eval_step`` epochs and at the last epoch (RGB ``f`` only);
+6. ``out_dir/history.json`` and, every ``checkpoint_every`` epochs and after the last,
+   ``out_dir/last.pt`` (atomic), once per epoch with the scores. An evaluation that raises saves
+   the trained epoch first (a resumed run scores it first).
 
 ``out_dir`` is held by a lock (:mod:`maskcl.engine.lock`): a second training into it refuses at
 once; temp files a killed save left there are removed at start, with a log line.
@@ -21,7 +23,9 @@ cross-view instance + cross-view prototype`` on ``f_mask`` / ``g_rgb``; ``L_fusi
 on the test set is returned only as the separately labelled ``best_on_test``.
 
 A run in ``out_dir`` resumes from ``last.pt`` with every RNG restored, so on CPU an interrupted
-and resumed run equals an uninterrupted one.
+and resumed run equals an uninterrupted one (epochs after the newest checkpoint are replayed).
+``train.image_cache_mb`` keeps decoded images in memory (:mod:`maskcl.data.image_cache`): the
+same pixels, decoded once.
 
 Multi-process (``torchrun``, :mod:`maskcl.engine.distributed`): ``train.batch_size`` is the
 global batch and each of the ``world`` processes trains on ``batch_size / world`` contiguous rows
@@ -54,7 +58,8 @@ from tqdm import tqdm
 
 from maskcl.atomic import remove_stale_temps
 from maskcl.config import Config, config_changes
-from maskcl.data.dataset import TrainPairs
+from maskcl.data.dataset import Loader, TrainPairs, load_rgb
+from maskcl.data.image_cache import DecodedImages
 from maskcl.data.records import DatasetSplits
 from maskcl.data.sampler import GlobalBatchRows, PKCameraSampler, rows_per_rank
 from maskcl.data.transforms import PairedTrainTransform, eval_transform, train_transform
@@ -69,7 +74,7 @@ from maskcl.engine.checkpoint import (
 from maskcl.engine.extract import extract_features
 from maskcl.engine.lock import prepare_out_dir, train_lock
 from maskcl.engine.logger import NullLogger, RunLogger
-from maskcl.errors import CheckpointError, ClusteringError, ConfigError, MaskclError, TrainingError
+from maskcl.errors import CheckpointError, ClusteringError, ConfigError, MaskclError, MaskError, TrainingError
 from maskcl.losses import (
     authors_neighbour_weights,
     cross_view_instance_loss,
@@ -94,6 +99,7 @@ TIMING_KEYS = ("cluster_time_s", "eval_time_s", "epoch_time_s")
 # keys a resumed run may change (how long / where / how fast it runs, not what it learns)
 RESUMABLE_CHANGES = (
     "train.epochs", "train.eval_step", "train.workers", "train.device", "train.amp",
+    "train.image_cache_mb", "train.checkpoint_every",
     "dataset.root", "dataset.mask_root", "eval.",
 )
 
@@ -325,6 +331,7 @@ class Engine:
         if self.two:
             # every train mask must exist before any model is built (count + first few + the fix)
             self.mask_paths = check_masks(records, self.splits.root, cfg.dataset.mask_root)
+        self.images = self._decoded_images()
         resuming = self.ckpt_path.exists()
         # resuming overwrites every weight: do not fetch ImageNet weights just to discard them
         build_cfg = cfg.replace(**{"model.pretrained": "none"}) if resuming else cfg
@@ -352,6 +359,20 @@ class Engine:
         if not resuming:  # which file started the weights (two machines may resolve 'imagenet' differently)
             self.logger.log_info("weights_source", self.model.rgb.trunk.weights_source)
 
+    def _decoded_images(self) -> DecodedImages:
+        """The run's decoded-image cache, filled now (train images, masks, then the test images)."""
+        images = DecodedImages(self.cfg.train.image_cache_mb)
+        if images.budget:
+            images.warm(self.image_paths)
+            if self.mask_paths is not None:
+                images.warm(self.mask_paths, "mask", MaskError)
+            if self.main:  # only rank 0 evaluates
+                images.warm(_test_paths(self.splits))
+            if self.main:
+                log.info("image cache: %d decoded files, %.0f of %d MB", len(images), images.used / 2**20,
+                         self.cfg.train.image_cache_mb)
+        return images
+
     def _resume(self) -> None:
         state = load_checkpoint(self.ckpt_path)
         _check_resumable(state.get("config", {}), self.cfg, self.ckpt_path)
@@ -378,6 +399,7 @@ class Engine:
             local = extract_features(
                 encode, paths[rows], transform, self.device, batch_size=self.cfg.eval.batch_size,
                 workers=self.cfg.train.workers, amp=self.amp, desc=desc, progress=self.main,
+                load=self.images.load,
             )
         else:  # more processes than batches: this one has nothing to extract
             local = torch.empty(0, self.model.dim, device=self.device)
@@ -459,7 +481,7 @@ class Engine:
                 mask_tf = train_transform(t.height, t.width, grey=True)
         dataset = TrainPairs(
             self.image_paths, labels.tolist(), train_transform(t.height, t.width),
-            self.mask_paths if self.two else None, mask_tf, paired,
+            self.mask_paths if self.two else None, mask_tf, paired, load=self.images.load,
         )
         sequence = PKCameraSampler(labels.tolist(), self.camids, t.num_instances, t.iters * t.batch_size, self.generator)
         sampler = GlobalBatchRows(sequence, t.batch_size, t.num_instances, self.cfg.seed, epoch, self.world, self.rank)
@@ -547,9 +569,17 @@ class Engine:
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Score the RGB branch's ``f`` on the dataset's protocols (rank 0 scores, all receive)."""
         self.model.eval()
-        return distributed.on_main(lambda: evaluate_model(self.model, self.splits, self.cfg, self.device, self.amp))
+        return distributed.on_main(
+            lambda: evaluate_model(self.model, self.splits, self.cfg, self.device, self.amp, load=self.images.load)
+        )
 
     def _save(self, epoch_done: int) -> None:
+        """The full checkpoint (when the policy keeps this epoch) and the run's JSON files."""
+        if self._is_checkpoint_epoch(epoch_done):
+            self._save_checkpoint(epoch_done)
+        self._save_history()
+
+    def _save_checkpoint(self, epoch_done: int) -> None:
         save_checkpoint(
             {
                 "model": self.model.state_dict(),
@@ -563,9 +593,15 @@ class Engine:
             },
             self.ckpt_path,
         )
+
+    def _save_history(self) -> None:
         _write_json(self.out_dir / HISTORY, _without_timings(self.history))
         timings = [{"epoch": e["epoch"], **{k: e[k] for k in TIMING_KEYS if k in e}} for e in self.history]
         _write_json(self.out_dir / TIMINGS, timings)
+
+    def _is_checkpoint_epoch(self, epoch_done: int) -> bool:
+        """train.checkpoint_every: resume replays the epochs after the newest checkpoint exactly."""
+        return epoch_done % self.cfg.train.checkpoint_every == 0 or epoch_done == self.cfg.train.epochs
 
     def _is_eval_epoch(self, epoch_done: int) -> bool:
         return epoch_done % self.cfg.train.eval_step == 0 or epoch_done == self.cfg.train.epochs
@@ -606,10 +642,14 @@ class Engine:
             entry["epoch_time_s"] = time.perf_counter() - epoch_start
             self.history.append(entry)
             if self._is_eval_epoch(epoch + 1):
-                # saved first, so an evaluation failure (an unreadable gallery image, a full disk,
-                # an OOM) never loses the trained epoch; saved again with the scores
-                distributed.on_main(lambda: self._save(epoch + 1))
-                self._evaluate_into(entry)
+                # one checkpoint per epoch, written with the scores; an evaluation that fails (an
+                # unreadable gallery image, a full disk, Ctrl-C) first saves the trained epoch, so
+                # only a killed process (OOM) loses it, and resume then replays it exactly
+                try:
+                    self._evaluate_into(entry)
+                except BaseException:
+                    distributed.on_main(lambda: self._save(epoch + 1))
+                    raise
                 entry["epoch_time_s"] = time.perf_counter() - epoch_start
             self._log(entry, step)
             distributed.on_main(lambda: self._save(epoch + 1))  # the others wait for the file
@@ -666,6 +706,11 @@ def best_on_test(history: list[dict[str, Any]], protocols) -> dict[str, Any] | N
             "note": "selected on the test set; not a valid model-selection result"}
 
 
+def _test_paths(splits: DatasetSplits) -> list[Path]:
+    """Query ∪ gallery files, each once, in a fixed order (an image may be in both)."""
+    return list(dict.fromkeys([r.path for r in splits.query] + [r.path for r in splits.gallery]))
+
+
 @torch.no_grad()
 def evaluate_model(
     model: TwoBranchNet,
@@ -674,18 +719,19 @@ def evaluate_model(
     device: torch.device,
     amp: bool = False,
     features_out: Path | None = None,
+    load: Loader = load_rgb,
 ):
     """Extract RGB ``f`` for query ∪ gallery once and score every protocol of the dataset.
 
     ``features_out``: also save the features in :mod:`maskcl.eval.features` format (for
-    ``maskcl visualize``).
+    ``maskcl visualize``). ``load`` reads a file (a run's decoded-image cache).
     """
     model.eval()
-    paths = list(dict.fromkeys([r.path for r in splits.query] + [r.path for r in splits.gallery]))
+    paths = _test_paths(splits)
     row = {p: i for i, p in enumerate(paths)}
     feats = extract_features(
         model, paths, eval_transform(cfg.train.height, cfg.train.width), device,
-        batch_size=cfg.eval.batch_size, workers=cfg.train.workers, amp=amp, desc="evaluate",
+        batch_size=cfg.eval.batch_size, workers=cfg.train.workers, amp=amp, desc="evaluate", load=load,
     ).cpu()
     query = feats[[row[r.path] for r in splits.query]]
     gallery = feats[[row[r.path] for r in splits.gallery]]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -150,6 +151,7 @@ class ReIDBranch(nn.Module):
         self.neck = _bn_neck(self.dim)
         self.proj: nn.Linear | None = None
         self.proj_bn: nn.BatchNorm1d | None = None
+        self.memory_format = torch.contiguous_format  # TwoBranchNet(channels_last=True) changes it
         if projection:
             self.proj = nn.Linear(self.dim, self.dim)
             nn.init.kaiming_normal_(self.proj.weight, mode="fan_out")
@@ -158,6 +160,7 @@ class ReIDBranch(nn.Module):
 
     def forward(self, images: Tensor, project: bool = False) -> tuple[Tensor, Tensor | None]:
         """``images [B,3,H,W]`` → ``(f [B,D], g [B,D] or None)``; ``g`` only when ``project``."""
+        images = images.contiguous(memory_format=self.memory_format)
         pooled = self.trunk(images).mean(dim=(2, 3))  # [B, D] global average pooling
         f = F.normalize(self.neck(pooled), dim=1)
         if not project:

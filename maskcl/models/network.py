@@ -58,6 +58,7 @@ class TwoBranchNet(nn.Module):
         method: str = "maskcl",
         fusion: bool = True,
         cross_view: bool = True,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.method = method
@@ -66,6 +67,11 @@ class TwoBranchNet(nn.Module):
         self.dim = self.rgb.dim
         self.mask = ReIDBranch(arch, pretrained, last_stride, projection=False) if two else None
         self.fusion = FusionHead(self.dim) if two and fusion else None
+        if channels_last:  # weights and every branch input (training, extraction, evaluation)
+            self.to(memory_format=torch.channels_last)
+            for branch in (self.rgb, self.mask):
+                if branch is not None:
+                    branch.memory_format = torch.channels_last
 
     def forward(self, images: Tensor) -> Tensor:
         """Test-time retrieval feature: the RGB branch's ``f`` ``[B, D]``."""
@@ -99,4 +105,5 @@ def build_network(cfg) -> TwoBranchNet:
         method=cfg.method,
         fusion=cfg.model.fusion,
         cross_view=cfg.train.cross_view,
+        channels_last=cfg.model.channels_last,
     )
