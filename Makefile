@@ -5,7 +5,7 @@ EXTRAS ?= cpu,test
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro test install clean-venv
+.PHONY: help repro test install exps clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,12 @@ install: $(STAMP)  ## create .venv and install maskcl with its dependencies
 repro: $(STAMP)  ## run the whole DVC pipeline (synthetic dataset by default)
 	@if [ ! -d .git ]; then echo "make repro needs a git checkout (DVC experiments need a commit)"; exit 2; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+
+# DVC prints the changed hash of every stage dependency (the run folders and results/ files the
+# later stages read, 32-40 characters each) beside params and metrics: no column set of a
+# multi-stage pipeline fits 120 columns with them. These are the experiments' params and metrics.
+exps: $(STAMP)  ## dvc exp show --only-changed, params and metrics only (fits 120 columns)
+	@DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --only-changed --no-pager --drop '^(generated|results)/' $(ARGS)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

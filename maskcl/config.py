@@ -78,7 +78,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision state dict
     last_stride: int = 1
     fusion: bool = True  # ablation: without the fusion head/memory when false
-    # channels_last tensors and weights: 1.6–1.9× MobileNetV2 train steps on CPU (benchmarks/train_step.py);
+    # channels_last tensors and weights: 1.2–1.5× MobileNetV2 train steps on CPU (benchmarks/train_step.py);
     # the same arithmetic in another summation order (fp32 values agree to ~1e-6), not bit-identical
     channels_last: bool = False
 
