@@ -11,9 +11,9 @@ import torch
 import yaml
 
 try:
-    from tests.engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from tests.engine_fixtures import tiny_config
 except ImportError:  # rootdir-less import mode
-    from engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from engine_fixtures import tiny_config
 
 from maskcl.engine import trainer
 from maskcl.engine.checkpoint import load_checkpoint
@@ -21,20 +21,8 @@ from maskcl.engine.logger import MemoryLogger
 from maskcl.errors import CheckpointError, MaskError, TrainingError
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory):
-    return make_tiny_tree(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture()
-def setup(tree, monkeypatch: pytest.MonkeyPatch):
-    splits, mask_root = tree
-    patch_collaborators(monkeypatch, splits)
-    return splits, mask_root
-
-
-def test_fit_trains_logs_and_reports_the_last_epoch(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_fit_trains_logs_and_reports_the_last_epoch(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     logger = MemoryLogger()
     result = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run", logger)
     assert result.epochs == 2 and len(result.history) == 2
@@ -56,8 +44,8 @@ def test_fit_trains_logs_and_reports_the_last_epoch(setup, tmp_path: Path) -> No
     assert again.metrics == result.metrics
 
 
-def test_resumed_run_equals_uninterrupted_run(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_resumed_run_equals_uninterrupted_run(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     whole = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "whole")
     trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 1}), tmp_path / "split")
     resumed = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "split")
@@ -70,17 +58,17 @@ def test_resumed_run_equals_uninterrupted_run(setup, tmp_path: Path) -> None:
     assert whole.metrics == resumed.metrics
 
 
-def test_rgb_baseline_trains_the_rgb_branch_only(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_rgb_baseline_trains_the_rgb_branch_only(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     cfg = tiny_config(splits.root, tmp_path / "no-masks-needed", method="rgb", **{"train.epochs": 1})
     result = trainer.fit(cfg, tmp_path / "rgb")
     assert "loss_mask" not in result.history[0] and "cc" in result.metrics
     assert set(load_checkpoint(tmp_path / "rgb" / "last.pt")["memories"]) == {"rgb"}
 
 
-def test_oracle_labels_replace_the_pseudo_labels(setup, tmp_path: Path, monkeypatch) -> None:
+def test_oracle_labels_replace_the_pseudo_labels(tiny_engine, tmp_path: Path, monkeypatch) -> None:
     """cluster.oracle trains on the true identities / outfits and never runs the clustering."""
-    splits, mask_root = setup
+    splits, mask_root = tiny_engine
     monkeypatch.setattr(trainer, "make_pseudo_labels", lambda *a, **k: pytest.fail("clustered under an oracle"))
     ids = len({r.pid for r in splits.train})
     outfits = len({r.clothes_id for r in splits.train})
@@ -94,15 +82,15 @@ def test_oracle_labels_replace_the_pseudo_labels(setup, tmp_path: Path, monkeypa
         assert all((labels[i] == labels[j]) == (key[i] == key[j]) for i in range(len(key)) for j in range(len(key)))
 
 
-def test_missing_masks_fail_before_training(setup, tmp_path: Path) -> None:
-    splits, _ = setup
+def test_missing_masks_fail_before_training(tiny_engine, tmp_path: Path) -> None:
+    splits, _ = tiny_engine
     with pytest.raises(MaskError, match=r"16 of 16 mask\(s\) missing"):
         trainer.fit(tiny_config(splits.root, tmp_path / "empty"), tmp_path / "run")
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_non_finite_loss_names_epoch_iteration_and_last_checkpoint(setup, tmp_path: Path, monkeypatch) -> None:
-    splits, mask_root = setup
+def test_non_finite_loss_names_epoch_iteration_and_last_checkpoint(tiny_engine, tmp_path: Path, monkeypatch) -> None:
+    splits, mask_root = tiny_engine
     real = trainer.focal_prototype_loss
     calls = {"n": 0}
 
@@ -116,17 +104,17 @@ def test_non_finite_loss_names_epoch_iteration_and_last_checkpoint(setup, tmp_pa
         trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "run")
 
 
-def test_resume_with_another_config_is_refused(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_resume_with_another_config_is_refused(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 1}), tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"another configuration \(seed: 1 → 2\)"):
         trainer.fit(tiny_config(splits.root, mask_root, seed=2), tmp_path / "run")
 
 
-def test_cli_train_then_evaluate(setup, tmp_path: Path) -> None:
+def test_cli_train_then_evaluate(tiny_engine, tmp_path: Path) -> None:
     from maskcl.cli import main
 
-    splits, mask_root = setup
+    splits, mask_root = tiny_engine
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_config(splits.root, mask_root, **{"train.epochs": 1}).to_dict()))
     assert main(["train", "--params", str(params), "--out", str(tmp_path / "run")]) == 0
@@ -158,8 +146,6 @@ def _net_and_memories(labels: torch.Tensor):
 def test_engine_loss_falls_when_fitting_a_fixed_batch() -> None:
     """The assembled MaskCL loss (all three memories, cross-view terms) decreases under Adam."""
     from maskcl.config import TrainConfig
-    from maskcl.memory import InstanceMemory
-    from maskcl.models import TwoBranchNet
 
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     indexes = torch.arange(8)
@@ -188,8 +174,6 @@ def test_cross_view_parts_are_the_two_cosines_inside_loss_mask() -> None:
     """The recorded parts are −cos(g, f_mask) and −cos(g, the sample's mask prototype), computed
     here by hand, and loss_mask minus them is exactly the mask memory's focal + neighbour loss."""
     from maskcl.config import TrainConfig
-    from maskcl.memory import InstanceMemory
-    from maskcl.models import TwoBranchNet
 
     labels = torch.tensor([0, 0, 1, 1, 2, 3])
     net, images, masks, memories = _net_and_memories(labels)
@@ -211,12 +195,12 @@ def test_cross_view_parts_are_the_two_cosines_inside_loss_mask() -> None:
     assert trainer.maskcl_losses(out, memories, labels, None, TrainConfig()).keys() == with_parts.keys()
 
 
-def test_two_runs_with_one_seed_write_byte_identical_run_folders(setup, tmp_path: Path) -> None:
+def test_two_runs_with_one_seed_write_byte_identical_run_folders(tiny_engine, tmp_path: Path) -> None:
     """DVC hashes the run folder: last.pt and history.json must not carry wall-clock timings
     (they go to the dvcignored timings.json), or every re-run changes dvc.lock."""
     import hashlib
 
-    splits, mask_root = setup
+    splits, mask_root = tiny_engine
     digests = []
     for name in ("a", "b"):
         trainer.fit(tiny_config(splits.root, mask_root), tmp_path / name)

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 try:
-    from tests.engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from tests.engine_fixtures import tiny_config
 except ImportError:  # rootdir-less import mode
-    from engine_fixtures import make_tiny_tree, patch_collaborators, tiny_config
+    from engine_fixtures import tiny_config
 
 from maskcl.data.dataset import TrainPairs, load_rgb
 from maskcl.data.image_cache import DecodedImages
@@ -25,18 +25,6 @@ from maskcl.engine import trainer
 from maskcl.engine.checkpoint import load_checkpoint
 from maskcl.errors import DatasetError, MaskError
 from maskcl.models.network import TwoBranchNet
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory):
-    return make_tiny_tree(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture()
-def setup(tree, monkeypatch: pytest.MonkeyPatch):
-    splits, mask_root = tree
-    patch_collaborators(monkeypatch, splits)
-    return splits, mask_root
 
 
 # ---------------------------------------------------------------- channels_last
@@ -67,8 +55,8 @@ def test_channels_last_network_computes_the_nchw_network_in_another_layout() -> 
     torch.testing.assert_close(back.eval()(images), fast.eval()(images), rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_run_is_deterministic_and_resumes_exactly(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_channels_last_run_is_deterministic_and_resumes_exactly(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     fast = {"model.channels_last": True}
     whole = trainer.fit(tiny_config(splits.root, mask_root, **fast), tmp_path / "whole")
     again = trainer.fit(tiny_config(splits.root, mask_root, **fast), tmp_path / "again")
@@ -111,9 +99,9 @@ def test_cache_reports_an_unreadable_file_as_load_rgb_does(tmp_path: Path) -> No
     assert len(cache) == 0
 
 
-def test_cached_training_draws_equal_uncached_ones(tree) -> None:
+def test_cached_training_draws_equal_uncached_ones(tiny_tree) -> None:
     """Same seeds, same augmentation, same tensors: the cache changes when a file is decoded, never what."""
-    splits, mask_root = tree
+    splits, mask_root = tiny_tree
     images = [r.path for r in splits.train]
     masks = [mask_root / p.relative_to(splits.root) for p in images]
     labels = list(range(len(images)))
@@ -128,8 +116,8 @@ def test_cached_training_draws_equal_uncached_ones(tree) -> None:
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
 
 
-def test_a_cached_run_equals_an_uncached_run(setup, tmp_path: Path) -> None:
-    splits, mask_root = setup
+def test_a_cached_run_equals_an_uncached_run(tiny_engine, tmp_path: Path) -> None:
+    splits, mask_root = tiny_engine
     plain = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "plain")
     cached = trainer.fit(tiny_config(splits.root, mask_root, **{"train.image_cache_mb": 64}), tmp_path / "cached")
     assert [h["iter_loss"] for h in plain.history] == [h["iter_loss"] for h in cached.history]
@@ -149,25 +137,25 @@ def _count_saves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return epochs
 
 
-def test_one_checkpoint_write_per_epoch_holds_the_scores(setup, tmp_path: Path, monkeypatch) -> None:
-    splits, mask_root = setup
+def test_one_checkpoint_write_per_epoch_holds_the_scores(tiny_engine, tmp_path: Path, monkeypatch) -> None:
+    splits, mask_root = tiny_engine
     saves = _count_saves(monkeypatch)
     trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 3}), tmp_path / "run")
     assert saves == [1, 2, 3]  # eval_step 1: each epoch written once, after its evaluation
     assert all("test" in h for h in load_checkpoint(tmp_path / "run" / "last.pt")["history"])
 
 
-def test_checkpoint_every_two_writes_even_epochs_and_the_last(setup, tmp_path: Path, monkeypatch) -> None:
-    splits, mask_root = setup
+def test_checkpoint_every_two_writes_even_epochs_and_the_last(tiny_engine, tmp_path: Path, monkeypatch) -> None:
+    splits, mask_root = tiny_engine
     saves = _count_saves(monkeypatch)
     trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 3, "train.checkpoint_every": 2}), tmp_path / "run")
     assert saves == [2, 3]
 
 
-def test_resume_from_an_older_checkpoint_replays_to_the_uninterrupted_result(setup, tmp_path: Path) -> None:
+def test_resume_from_an_older_checkpoint_replays_to_the_uninterrupted_result(tiny_engine, tmp_path: Path) -> None:
     """checkpoint_every 2, stopped after epoch 3: last.pt holds epoch 2, history.json epoch 3; the
     re-run replays epoch 3 and ends exactly where an uninterrupted run does."""
-    splits, mask_root = setup
+    splits, mask_root = tiny_engine
     every2 = {"train.checkpoint_every": 2}
     whole = trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 4}), tmp_path / "whole")
 
