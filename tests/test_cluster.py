@@ -327,6 +327,24 @@ def test_approx_knn_knobs(nlist, nprobe):
         assert recall_at_k(approx, exact) > 0.8
 
 
+def test_cluster_nprobe_and_nlist_reach_the_approximate_search():
+    """The config's IVF knobs steer training's pseudo-labels: probing every list is the exact search."""
+    from maskcl.config import Config
+    from maskcl.engine.trainer import make_pseudo_labels
+
+    x, _ = blobs(400, 32, 20, 0.6, seed=3)
+    feats = torch.from_numpy(x)
+    base = {"eps": 0.6, "k1": 10, "k2": 3}
+    exact = make_pseudo_labels(feats, Config.from_dict(base))
+    every_list = Config.from_dict({**base, "cluster": {"knn": "approx", "nlist": 12, "nprobe": 12}})
+    one_list = Config.from_dict({**base, "cluster": {"knn": "approx", "nlist": 40, "nprobe": 1}})
+    np.testing.assert_array_equal(make_pseudo_labels(feats, every_list).labels, exact.labels)
+    _, exact_idx = knn(x, 10)
+    # one list of 40 misses neighbours on these overlapping blobs, so the labels move with nprobe
+    assert recall_at_k(knn(x, 10, mode="approx", nlist=40, nprobe=1)[1], exact_idx) < 0.99
+    assert not np.array_equal(make_pseudo_labels(feats, one_list).labels_dbscan, exact.labels_dbscan)
+
+
 # ---------------------------------------------------------------- neighbours
 def test_cluster_neighbours_by_hand():
     memory = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-0.8, -0.6]])

@@ -46,6 +46,8 @@ def test_int_written_for_a_float_key_is_cast() -> None:
         ({"method": "sicl"}, "'method' is 'sicl'; expected one of maskcl, rgb"),
         ({"masks": {"source": "magic"}}, "'masks.source'"),
         ({"eps": 0.6, "eps_gap": 0.7}, "'eps_gap'"),
+        ({"cluster": {"nprobe": 0}}, "'cluster.nprobe' is 0; expected an integer >= 1"),
+        ({"cluster": {"nlist": -1}}, "'cluster.nlist' is -1"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, message: str) -> None:

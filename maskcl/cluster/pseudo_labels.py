@@ -89,6 +89,8 @@ def generate_pseudo_labels(
     variant: str = "sicl",
     support: str = "auto",
     stats: dict | None = None,
+    nprobe: int = 8,
+    nlist: int | None = None,
 ) -> PseudoLabels:
     """Pseudo-labels of L2-normalised features ``feats`` [N, D] (numpy or torch, any device).
 
@@ -99,6 +101,7 @@ def generate_pseudo_labels(
     step over the same weights, the pairs inside one DBSCAN cluster at eps or at the tight eps
     (the refinement sums nothing else). The labels are identical; the second pass costs one
     more overlap step. ``auto``: ``bounded`` from ``BOUNDED_SUPPORT_MIN_N`` samples on.
+    ``nprobe`` / ``nlist`` tune ``knn="approx"`` (see :func:`maskcl.cluster.knn.knn`).
     ``stats``, if given, receives the overlap passes' pair counts (see
     :func:`maskcl.cluster.jaccard.jaccard_pairs`) as ``pairs`` and ``refine_pairs``.
 
@@ -122,7 +125,7 @@ def generate_pseudo_labels(
 
     t0 = time.perf_counter()
     width = search_width(k1, variant)
-    sims, idx = knn_search(feats, min(width, n), backend=backend, mode=knn)
+    sims, idx = knn_search(feats, min(width, n), backend=backend, mode=knn, nprobe=nprobe, nlist=nlist)
     if idx.shape[1] < width:  # fewer samples than k1: pad with self (no effect on reciprocity)
         pad = width - idx.shape[1]
         idx = np.concatenate([idx, np.repeat(idx[:, :1], pad, axis=1)], axis=1)

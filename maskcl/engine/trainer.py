@@ -151,7 +151,7 @@ def make_pseudo_labels(feats: torch.Tensor, cfg: Config):
     return generate_pseudo_labels(
         feats, eps=cfg.eps, eps_gap=cfg.eps_gap, k1=cfg.k1, k2=cfg.k2, min_samples=cfg.min_samples,
         refine=cfg.cluster.refine, ratio_cluster=cfg.cluster.ratio_cluster, knn=cfg.cluster.knn,
-        backend=cfg.cluster.backend,
+        backend=cfg.cluster.backend, nprobe=cfg.cluster.nprobe, nlist=cfg.cluster.nlist or None,
     )
 
 
