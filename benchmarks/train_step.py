@@ -9,10 +9,13 @@ on random tensors (the data pipeline is measured separately: it is not the bottl
 - faithful: fp32, NCHW tensors, Adam with the per-parameter loop (``foreach=False``), as the
   authors' torch 1.x code ran;
 - optimised: channels_last memory format, bf16 autocast (on CUDA; on CPU only with
-  ``--cpu-bf16``, useful on CPUs with AMX), and the fused Adam kernel.
+  ``--cpu-bf16``, useful on CPUs with AMX), and the fused Adam kernel;
+- parallel (maskcl on the CPU with >= 2 threads): optimised, with the two branches side by side
+  on half the threads each (``train.parallel_branches``, :mod:`maskcl.engine.branches`).
 
-Prints the median images/s of each variant and method, and the optimised/faithful ratio measured
-in the same run.
+The variants are measured interleaved (``--rounds`` rounds of every variant, ``--steps`` steps
+each), each round on fresh weights, so they share the machine's load; prints the median
+images/s of each variant over its steps of every round, and every variant's ratio to faithful.
 """
 
 from __future__ import annotations
@@ -23,19 +26,26 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without PYTHONPATH or an install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster import LoadProbe, fmt_load  # noqa: E402
 
 from maskcl.config import TrainConfig  # noqa: E402
+from maskcl.engine.branches import ParallelBranches  # noqa: E402
 from maskcl.engine.trainer import maskcl_losses  # noqa: E402
 from maskcl.memory import InstanceMemory  # noqa: E402
 from maskcl.models import TwoBranchNet  # noqa: E402
 
 
-def images_per_second(method: str, optimised: bool, args: argparse.Namespace, device: torch.device) -> float:
+def step_seconds(method: str, variant: str, args: argparse.Namespace, device: torch.device) -> list[float]:
+    """Seconds of each timed step (after ``--warmup`` untimed ones) of one variant on fresh weights."""
+    optimised = variant != "faithful"
     torch.manual_seed(0)
     net = TwoBranchNet(args.arch, pretrained="none", method=method).to(device).train()
     memory_format = torch.channels_last if optimised else torch.contiguous_format
@@ -55,21 +65,34 @@ def images_per_second(method: str, optimised: bool, args: argparse.Namespace, de
     )
     amp = optimised and (device.type == "cuda" or args.cpu_bf16)
     indexes = torch.arange(b, device=device)
+    branches = ParallelBranches(net, torch.get_num_threads()) if variant == "parallel" else None
     times = []
-    for _ in range(args.steps + args.warmup):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net.forward_train(images, masks)
-            loss = sum(maskcl_losses(out, memories, labels[indexes], None, TrainConfig()).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return b / statistics.median(times[args.warmup :])
+    with branches.session() if branches is not None else nullcontext():
+        for _ in range(args.steps + args.warmup):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            if branches is not None:
+                step = branches.forward(images, masks)
+                loss = sum(maskcl_losses(step.outputs, memories, labels[indexes], None, TrainConfig()).values())
+                optimizer.zero_grad(set_to_none=True)
+                branches.backward(step, loss)
+            else:
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net.forward_train(images, masks)
+                    loss = sum(maskcl_losses(out, memories, labels[indexes], None, TrainConfig()).values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return times[args.warmup :]
+
+
+def variants_of(method: str, device: torch.device) -> list[str]:
+    parallel = method == "maskcl" and device.type == "cpu" and torch.get_num_threads() >= 2
+    return ["faithful", "optimised"] + (["parallel"] if parallel else [])
 
 
 def main() -> None:
@@ -78,7 +101,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", default="maskcl,rgb")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,13 +119,18 @@ def main() -> None:
         f"{args.height}x{args.width}"
     )
     for method in args.methods.split(","):
-        faithful = images_per_second(method, False, args, device)
-        optimised = images_per_second(method, True, args, device)
-        print(
-            f"{method:7s} faithful {faithful:8.1f} img/s | optimised {optimised:8.1f} img/s | "
-            f"ratio {optimised / faithful:5.2f}x"
-        )
-
+        names = variants_of(method, device)
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name in names:
+                probe = LoadProbe()
+                seconds[name] += step_seconds(method, name, args, device)
+                print(f"  {method} {name:9s} round: {args.batch / statistics.median(seconds[name][-args.steps:]):7.1f} "
+                      f"img/s ({fmt_load(probe.stop())})", flush=True)
+        rate = {name: args.batch / statistics.median(seconds[name]) for name in names}
+        line = " | ".join(f"{name} {rate[name]:7.1f} img/s" for name in names)
+        ratios = ", ".join(f"{name}/faithful {rate[name] / rate['faithful']:.2f}x" for name in names[1:])
+        print(f"{method:7s} {line} | {ratios}")
 
 if __name__ == "__main__":
     main()

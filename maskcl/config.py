@@ -113,6 +113,10 @@ class TrainConfig:
     # resume replays the epochs after the newest one exactly (they are seeded), so N trades disk
     # writes against the work a crash repeats, never the result
     checkpoint_every: int = 1
+    # CPU, one process, maskcl, >= 2 torch threads: the RGB and mask branches run side by side on
+    # half the threads each (maskcl.engine.branches), bit-identical to a one-thread run, ~1.3x the
+    # two-thread joint step on 2 cores; ignored elsewhere
+    parallel_branches: bool = False
     amp: bool = False  # bf16 autocast on GPU
     device: str = "auto"
 
@@ -122,15 +126,15 @@ class ClusterConfig:
     refine: bool = True  # the authors' --cr cluster refinement (on in every published run)
     ratio_cluster: float = 1.0
     knn: str = "exact"  # exact | approx (IVF search over k-means lists; exact cosines of what it finds)
-    backend: str = "auto"  # auto (= torch: faster than faiss here) | faiss | torch
-    # none = unsupervised (the method). identity / clothes replace the pseudo-labels by the true
-    # identities (the supervised upper bound) / the true outfits (perfect clothes-level clusters):
-    # diagnostics that separate a clustering failure from a representation failure, never a
     # approx only: lists searched per sample (recall and cost grow with it; at 100k images nprobe 8
     # gives pseudo-label ARI 0.89 against exact, 32 gives 0.97: benchmarks/README.md) and the
     # number of lists (0 = about 2·sqrt(N))
     nprobe: int = 8
     nlist: int = 0
+    backend: str = "auto"  # auto (= torch: faster than faiss here) | faiss | torch
+    # none = unsupervised (the method). identity / clothes replace the pseudo-labels by the true
+    # identities (the supervised upper bound) / the true outfits (perfect clothes-level clusters):
+    # diagnostics that separate a clustering failure from a representation failure, never a
     # result of the method
     oracle: str = "none"
 
@@ -342,10 +346,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     c = cfg.cluster
     r(c.ratio_cluster > 0, source, "cluster.ratio_cluster", c.ratio_cluster, "a number > 0")
     r(c.knn in ("exact", "approx"), source, "cluster.knn", c.knn, "exact or approx")
+    r(c.nprobe >= 1, source, "cluster.nprobe", c.nprobe, "an integer >= 1")
+    r(c.nlist >= 0, source, "cluster.nlist", c.nlist, "an integer >= 0 (0 = about 2*sqrt(N) lists)")
     r(c.backend in ("auto", "faiss", "torch"), source, "cluster.backend", c.backend, "auto, faiss or torch")
     r(c.oracle in ("none", "identity", "clothes"), source, "cluster.oracle", c.oracle, "none, identity or clothes")
     e = cfg.eval
     r(e.batch_size >= 1, source, "eval.batch_size", e.batch_size, "an integer >= 1")
-    r(c.nprobe >= 1, source, "cluster.nprobe", c.nprobe, "an integer >= 1")
-    r(c.nlist >= 0, source, "cluster.nlist", c.nlist, "an integer >= 0 (0 = about 2*sqrt(N) lists)")
     r(e.prcc_trials >= 1, source, "eval.prcc_trials", e.prcc_trials, "an integer >= 1")

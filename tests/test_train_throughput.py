@@ -28,7 +28,8 @@ from maskcl.models.network import TwoBranchNet
 
 
 # ---------------------------------------------------------------- channels_last
-def test_channels_last_network_computes_the_nchw_network_in_another_layout() -> None:
+def test_channels_last_network_computes_the_nchw_network_in_another_layout(torch_threads) -> None:
+    torch_threads(1)  # the bound below is one thread's (see the measured figures)
     torch.manual_seed(0)
     nchw = TwoBranchNet("mobilenet_v2", pretrained="none", method="maskcl")
     fast = TwoBranchNet("mobilenet_v2", pretrained="none", method="maskcl", channels_last=True)
@@ -37,8 +38,10 @@ def test_channels_last_network_computes_the_nchw_network_in_another_layout() -> 
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     images, masks, weights = torch.randn(8, 3, 48, 24), torch.randn(8, 3, 48, 24), torch.randn(8, 1280)
     # gradients against float64 (through the initial BN statistics: train-mode BN over 8 samples on
-    # random weights amplifies rounding ~1e4× in either layout). Measured: channels_last ~2e-6 from
-    # float64, the NCHW float32 kernels up to ~4e-3
+    # random weights amplifies rounding ~1e4× in either layout). Measured on the 2-vCPU EPYC:
+    # channels_last ~2e-6 from float64 with one thread, up to 1.5e-3 with two (other reduction
+    # orders, deterministic per thread count); the NCHW float32 kernels up to ~4e-3. A layout
+    # bug would be off by O(1)
     exact = copy.deepcopy(nchw).double()
     for net, cast in ((fast, torch.float32), (exact, torch.float64)):
         out = net.eval().forward_train(images.to(cast), masks.to(cast))
@@ -182,3 +185,95 @@ def test_resume_from_an_older_checkpoint_replays_to_the_uninterrupted_result(tin
         assert torch.equal(value, b["model"][key]), key
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
     assert whole.metrics == resumed.metrics
+
+
+# ---------------------------------------------------------------- parallel branches
+@pytest.fixture()
+def torch_threads():
+    """Restores torch's thread count after a test that changes it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _step_grads(net: TwoBranchNet, images, masks, parallel: bool):
+    from maskcl.config import TrainConfig
+    from maskcl.engine.branches import ParallelBranches
+    from maskcl.memory import InstanceMemory
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 8, (64,), generator=gen)
+    memories = {}
+    for name in ("rgb", "mask", "fusion"):
+        memories[name] = InstanceMemory(torch.nn.functional.normalize(torch.randn(64, net.dim, generator=gen), dim=1))
+        memories[name].set_labels(labels)
+    targets = labels[: images.shape[0]]
+    if parallel:
+        branches = ParallelBranches(net, 2)
+        with branches.session():
+            step = branches.forward(images, masks)
+            total = sum(trainer.maskcl_losses(step.outputs, memories, targets, None, TrainConfig()).values())
+            branches.backward(step, total)
+        outputs = step.outputs
+    else:
+        outputs = net.forward_train(images, masks)
+        total = sum(trainer.maskcl_losses(outputs, memories, targets, None, TrainConfig()).values())
+        total.backward()
+    return total.item(), outputs, [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("variant", [{}, {"cross_view": False}, {"fusion": False}])
+def test_parallel_branch_step_is_bit_identical_to_a_one_thread_step(variant, torch_threads) -> None:
+    """Each branch back-propagates its leaves' gradients on its own thread: the chain rule at the
+    feature boundary, so every loss, output and parameter gradient equals the joint step's bits."""
+    torch_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    images, masks = torch.randn(8, 3, 32, 16, generator=gen), torch.randn(8, 3, 32, 16, generator=gen)
+    torch.manual_seed(0)
+    joint_net = TwoBranchNet("resnet18", pretrained="none", method="maskcl", **variant).train()
+    parallel_net = copy.deepcopy(joint_net)
+    joint = _step_grads(joint_net, images, masks, parallel=False)
+    parallel = _step_grads(parallel_net, images, masks, parallel=True)
+    assert joint[0] == parallel[0]
+    for name in ("f_rgb", "g_rgb", "f_mask", "h"):
+        a, b = getattr(joint[1], name), getattr(parallel[1], name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+    grads = list(zip(joint_net.named_parameters(), joint[2], parallel[2]))
+    assert sum(g is not None for _, g, _ in grads) > 100  # both backbones received gradients
+    for (name, _), a, b in grads:
+        assert (a is None and b is None) or torch.equal(a, b), name
+    # BN running statistics moved the same way in both branches
+    for (name, a), b in zip(joint_net.named_buffers(), parallel_net.buffers()):
+        assert torch.equal(a, b), name
+    assert torch.get_num_threads() == 1  # the session restored the thread count
+
+
+def test_parallel_branches_run_equals_a_one_thread_run_and_resumes_exactly(
+    tiny_engine, tmp_path: Path, torch_threads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maskcl.engine.branches import ParallelBranches
+
+    splits, mask_root = tiny_engine
+    on = {"train.parallel_branches": True}
+    steps: list[int] = []
+    real_backward = ParallelBranches.backward
+
+    def counted(self, step, total):
+        steps.append(self.threads_per_branch)
+        real_backward(self, step, total)
+
+    monkeypatch.setattr(ParallelBranches, "backward", counted)
+    torch_threads(1)
+    serial = trainer.fit(tiny_config(splits.root, mask_root), tmp_path / "serial")
+    torch_threads(2)
+    parallel = trainer.fit(tiny_config(splits.root, mask_root, **on), tmp_path / "parallel")
+    assert torch.get_num_threads() == 2
+    assert steps == [1] * 6  # 2 epochs × 3 iterations, one thread per branch; none at one thread
+    trainer.fit(tiny_config(splits.root, mask_root, **on, **{"train.epochs": 1}), tmp_path / "split")
+    resumed = trainer.fit(tiny_config(splits.root, mask_root, **on), tmp_path / "split")
+    assert [h["iter_loss"] for h in serial.history] == [h["iter_loss"] for h in parallel.history]
+    assert [h["iter_loss"] for h in parallel.history] == [h["iter_loss"] for h in resumed.history]
+    assert serial.metrics == parallel.metrics == resumed.metrics
+    weights = [load_checkpoint(run / trainer.CHECKPOINT)["model"] for run in (tmp_path / "serial", tmp_path / "parallel")]
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name

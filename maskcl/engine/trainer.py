@@ -64,6 +64,7 @@ from maskcl.data.records import DatasetSplits
 from maskcl.data.sampler import GlobalBatchRows, PKCameraSampler, rows_per_rank
 from maskcl.data.transforms import PairedTrainTransform, eval_transform, train_transform
 from maskcl.engine import distributed
+from maskcl.engine.branches import ParallelBranches
 from maskcl.engine.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -341,6 +342,7 @@ class Engine:
             from maskcl.models.sync_batchnorm import convert_sync_batchnorm
 
             convert_sync_batchnorm(self.model)  # BN over the global batch, as one process would
+        self.branches = self._parallel_branches()
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused Adam: one kernel over all tensors (13× faster than the per-tensor loop on CPU)
         self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
@@ -354,10 +356,22 @@ class Engine:
         if self.world > 1:
             self.train_net = distributed.data_parallel(self.model, self.device)
             self.logger.log_info("world_size", self.world)
+        self.logger.log_info("parallel_branches", self.branches is not None)
         self.logger.log_info("device", str(self.device))
         self.logger.log_info("n_train", len(self.image_paths))
         if not resuming:  # which file started the weights (two machines may resolve 'imagenet' differently)
             self.logger.log_info("weights_source", self.model.rgb.trunk.weights_source)
+
+    def _parallel_branches(self) -> ParallelBranches | None:
+        """train.parallel_branches where it applies: CPU, one process, two branches, >= 2 threads."""
+        threads = torch.get_num_threads()
+        if not (self.cfg.train.parallel_branches and self.two and self.device.type == "cpu"):
+            return None
+        if self.world > 1 or threads < 2:
+            log.info("train.parallel_branches: off (%s)",
+                     f"{self.world} processes" if self.world > 1 else "one torch thread")
+            return None
+        return ParallelBranches(self.model, threads)
 
     def _decoded_images(self) -> DecodedImages:
         """The run's decoded-image cache, filled now (train images, masks, then the test images)."""
@@ -411,12 +425,24 @@ class Engine:
         t = self.cfg.train
         self.model.eval()
         momentum = t.momentum
-        f_rgb = self._extract(self.model, self.image_paths, eval_transform(t.height, t.width), "init rgb memory")
+        rgb_tf = eval_transform(t.height, t.width)
+        # quirk: masks through the test transform *without* Grayscale (mask_memory_grey adds it)
+        mask_tf = eval_transform(t.height, t.width, grey=t.mask_memory_grey)
+
+        def rgb() -> torch.Tensor:
+            return self._extract(self.model, self.image_paths, rgb_tf, "init rgb memory")
+
+        def mask() -> torch.Tensor:
+            return self._extract(self.model.mask_features, self.mask_paths, mask_tf, "init mask memory")
+
+        if self.branches is not None:
+            with self.branches.session() as branches:
+                f_rgb, f_mask = branches.both(rgb, mask)
+        else:
+            f_rgb = rgb()
+            f_mask = mask() if self.two else None
         memories = {"rgb": InstanceMemory(f_rgb, momentum)}
-        if self.two:
-            # quirk: masks through the test transform *without* Grayscale (mask_memory_grey adds it)
-            mask_tf = eval_transform(t.height, t.width, grey=t.mask_memory_grey)
-            f_mask = self._extract(self.model.mask_features, self.mask_paths, mask_tf, "init mask memory")
+        if f_mask is not None:
             memories["mask"] = InstanceMemory(f_mask, momentum)
             if self.model.fusion is not None:
                 memories["fusion"] = InstanceMemory(f_rgb, momentum)  # quirk: RGB features, not fused
@@ -502,33 +528,48 @@ class Engine:
         forward = self.train_net if self.train_net is not None else self.model.forward_train
         bar = tqdm(loader, total=t.iters, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
                    disable=None if self.main else True)
-        for it, (images, masks, _, indexes) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
-            masks = masks.to(self.device, non_blocking=True) if self.two else None
-            indexes = indexes.to(self.device)
-            batch_indexes = distributed.all_gather(indexes)  # [B] the global batch, in global order
-            labels_now = self.memories["rgb"].labels
+        with self.branches.session() if self.branches is not None else nullcontext():
+            for it, batch in enumerate(bar):
+                values = self._train_step(epoch, it, batch, nbrs, forward)
+                meter.add(values)
+                self._trace.append(round(values["loss"], 5))
+                bar.set_postfix(loss=f"{values['loss']:.3f}")
+        return meter.means()
+
+    def _train_step(self, epoch: int, it: int, batch, nbrs, forward) -> dict[str, float]:
+        """One iteration: forward, the losses, backward, Adam, the memory update; the step's values."""
+        images, masks, _, indexes = batch
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True) if self.two else None
+        indexes = indexes.to(self.device)
+        batch_indexes = distributed.all_gather(indexes)  # [B] the global batch, in global order
+        labels_now = self.memories["rgb"].labels
+        step = None
+        if self.branches is not None:  # CPU only, where self.amp is off
+            step = self.branches.forward(images, masks)
+            out = step.outputs
+        else:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = forward(images, masks)
-            parts: dict[str, torch.Tensor] = {}
-            losses = maskcl_losses(
-                out, self.memories, labels_now[indexes], nbrs, t,
-                batch_targets=labels_now[batch_indexes] if self.world > 1 else None, parts=parts,
-            )
-            total = sum(losses.values())
-            values = self._global_values(total, losses | parts)
-            if not math.isfinite(values["loss"]):
-                self._non_finite(epoch, it, values)
-            self.optimizer.zero_grad(set_to_none=True)
+        parts: dict[str, torch.Tensor] = {}
+        losses = maskcl_losses(
+            out, self.memories, labels_now[indexes], nbrs, self.cfg.train,
+            batch_targets=labels_now[batch_indexes] if self.world > 1 else None, parts=parts,
+        )
+        total = sum(losses.values())
+        values = self._global_values(total, losses | parts)
+        if not math.isfinite(values["loss"]):
+            self._non_finite(epoch, it, values)
+        self.optimizer.zero_grad(set_to_none=True)
+        if step is not None and self.branches is not None:
+            self.branches.backward(step, total)
+        else:
             total.backward()
-            self.optimizer.step()
-            # memory update after the step, as the authors' autograd backward does (before their step;
-            # the order is immaterial: memories are not parameters)
-            self._update_memories(out, indexes if self.world == 1 else batch_indexes)
-            meter.add(values)
-            self._trace.append(round(values["loss"], 5))
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
-        return meter.means()
+        self.optimizer.step()
+        # memory update after the step, as the authors' autograd backward does (before their step;
+        # the order is immaterial: memories are not parameters)
+        self._update_memories(out, indexes if self.world == 1 else batch_indexes)
+        return values
 
     def _global_values(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """``{"loss": …, "loss_rgb": …}`` of the global batch: the mean of the processes' values
