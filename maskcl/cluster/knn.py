@@ -140,10 +140,10 @@ def _best_k(v: Any, i: Any | None, k: int, offset: int = 0) -> tuple[Any, Any]:
     import torch
 
     r, c = v.shape
-    if c <= k:  # every candidate is kept: nothing to choose
+    if c <= k:  # every candidate is kept: nothing to choose (a copy: ``v`` may be a reused buffer)
         if i is None:
             i = torch.arange(offset, offset + c, device=v.device).expand(r, c)
-        return v, i
+        return v.clone(), i
     tv, pos = torch.topk(v, k + 1, dim=1, sorted=True)
     tie = torch.nonzero(tv[:, k - 1] == tv[:, k]).flatten()
     tv, pos = tv[:, :k], pos[:, :k]
@@ -241,16 +241,24 @@ def _torch_self_search(
     state = _RunningTopK(len(starts), k)
     tile_bytes = 0
     sims_out, idx_out = [], []
+    # the tile and its transposed copy live in two buffers allocated once: fresh 16 MB tiles
+    # interleaved with the small long-lived candidate lists fragment the heap (glibc serves
+    # them from it once its mmap threshold has risen), and that RSS was never given back
+    width = min(tile, n)
+    tile_buf = torch.empty(width * width, dtype=x.dtype, device=x.device)
+    trans_buf = torch.empty(width * width, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         for bi, a in enumerate(starts):
             xa = x[a : a + tile]
             for bj in range(bi, len(starts)):
                 b = starts[bj]
-                s = xa @ x[b : b + tile].T  # [ta, tb]
+                xb = x[b : b + tile]
+                s = torch.mm(xa, xb.T, out=tile_buf[: xa.shape[0] * xb.shape[0]].view(xa.shape[0], xb.shape[0]))
                 tile_bytes = max(tile_bytes, 2 * s.numel() * s.element_size())  # + its transpose
                 state.add(bi, *_best_k(s, None, k, offset=b), tile_bytes)
                 if bj != bi:  # columns b.. among rows a..: row-wise on a contiguous copy (2× faster)
-                    state.add(bj, *_best_k(s.T.contiguous(), None, k, offset=a), tile_bytes)
+                    st = trans_buf[: s.numel()].view(s.shape[1], s.shape[0]).copy_(s.T)
+                    state.add(bj, *_best_k(st, None, k, offset=a), tile_bytes)
                 del s
             # row block bi has met every column tile: final
             v, i = state.result(bi)
