@@ -90,8 +90,9 @@ def step_seconds(method: str, variant: str, args: argparse.Namespace, device: to
     return times[args.warmup :]
 
 
-def variants_of(method: str, device: torch.device) -> list[str]:
-    parallel = method == "maskcl" and device.type == "cpu" and torch.get_num_threads() >= 2
+def variants_of(method: str, device: torch.device, cpu_bf16: bool) -> list[str]:
+    """The variants that apply: ``parallel`` is the fp32 CPU path of a two-branch net (no autocast)."""
+    parallel = method == "maskcl" and device.type == "cpu" and torch.get_num_threads() >= 2 and not cpu_bf16
     return ["faithful", "optimised"] + (["parallel"] if parallel else [])
 
 
@@ -119,7 +120,7 @@ def main() -> None:
         f"{args.height}x{args.width}"
     )
     for method in args.methods.split(","):
-        names = variants_of(method, device)
+        names = variants_of(method, device, args.cpu_bf16)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name in names:
