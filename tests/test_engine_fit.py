@@ -111,6 +111,24 @@ def test_resume_with_another_config_is_refused(tiny_engine, tmp_path: Path) -> N
         trainer.fit(tiny_config(splits.root, mask_root, seed=2), tmp_path / "run")
 
 
+def test_resume_from_a_checkpoint_older_than_a_config_key(tiny_engine, tmp_path: Path) -> None:
+    """A key added after a checkpoint was written reads as its default there: resume proceeds
+    when the run keeps that default (or changes a speed-only key) and is refused otherwise."""
+    from maskcl.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    splits, mask_root = tiny_engine
+    run = tmp_path / "run"
+    trainer.fit(tiny_config(splits.root, mask_root, **{"train.epochs": 1}), run)
+    state = load_checkpoint(run / trainer.CHECKPOINT)
+    for group, key in (("cluster", "nprobe"), ("cluster", "nlist"), ("train", "parallel_branches")):
+        del state["config"][group][key]  # as written by maskcl before these keys existed
+    save_checkpoint(state, run / trainer.CHECKPOINT)
+    with pytest.raises(CheckpointError, match=r"another configuration \(cluster.nprobe: 8 → 16\)"):
+        trainer.fit(tiny_config(splits.root, mask_root, **{"cluster.nprobe": 16}), run)
+    resumed = trainer.fit(tiny_config(splits.root, mask_root, **{"train.parallel_branches": True}), run)
+    assert resumed.epochs == 2
+
+
 def test_cli_train_then_evaluate(tiny_engine, tmp_path: Path) -> None:
     from maskcl.cli import main
 

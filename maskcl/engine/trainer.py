@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from maskcl.atomic import remove_stale_temps
-from maskcl.config import Config, config_changes
+from maskcl.config import Config, config_changes, flatten_dict
 from maskcl.data.dataset import Loader, TrainPairs, load_rgb
 from maskcl.data.image_cache import DecodedImages
 from maskcl.data.records import DatasetSplits
@@ -100,7 +100,7 @@ TIMING_KEYS = ("cluster_time_s", "eval_time_s", "epoch_time_s")
 # keys a resumed run may change (how long / where / how fast it runs, not what it learns)
 RESUMABLE_CHANGES = (
     "train.epochs", "train.eval_step", "train.workers", "train.device", "train.amp",
-    "train.image_cache_mb", "train.checkpoint_every",
+    "train.image_cache_mb", "train.checkpoint_every", "train.parallel_branches",
     "dataset.root", "dataset.mask_root", "eval.",
 )
 
@@ -209,7 +209,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
-    changed = config_changes(saved, cfg.to_dict(), RESUMABLE_CHANGES)
+    # a key the saved config lacks was added to maskcl after the checkpoint was written; keys are
+    # introduced with the behaviour the code had before as their default, so the writing run ran
+    # with that default (a checkpoint from before cluster.nprobe existed searched 8 lists)
+    before = flatten_dict(Config.from_dict({}).to_dict()) | flatten_dict(saved)
+    changed = config_changes(before, cfg.to_dict(), RESUMABLE_CHANGES)
     if changed:
         raise CheckpointError(
             f"'{path}' was written by a run with another configuration ({'; '.join(changed[:5])}); "
