@@ -18,8 +18,8 @@ machine's load, and each line states the load. Variants:
   (``train.parallel_branches``): the default of params.yaml.
 
 Per variant: the median over rounds of train images/s (``iters × batch_size`` images a round)
-and of evaluation images/s (query ∪ gallery through the RGB branch), and the after/before ratio
-of the medians (and of every other variant). The checkpoint write is timed once per variant (it is not part of a step).
+and of evaluation images/s (query ∪ gallery through the RGB branch), and the ratio of its
+medians to ``before``'s. The checkpoint write is timed once per variant (not part of a step).
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main() -> None:
                 ratio_t = statistics.median(train[name]) / statistics.median(train["before"])
                 ratio_e = statistics.median(evals[name]) / statistics.median(evals["before"])
                 print(f"{name} / before (same run, interleaved): train {ratio_t:.2f}×, evaluation {ratio_e:.2f}×")
+
 
 def _warm_labels(engine: Engine):
     labels, _ = engine._labels(0)

@@ -133,5 +133,6 @@ def main() -> None:
         ratios = ", ".join(f"{name}/faithful {rate[name] / rate['faithful']:.2f}x" for name in names[1:])
         print(f"{method:7s} {line} | {ratios}")
 
+
 if __name__ == "__main__":
     main()
