@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def test_board_serves_the_store_without_omniboard(tmp_path: Path) -> None:
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    lines: list[str] = []  # read as it comes: the hint may follow the sync that makes the run findable
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         import pymongo
 
@@ -138,9 +142,14 @@ def test_board_serves_the_store_without_omniboard(tmp_path: Path) -> None:
             except pymongo.errors.PyMongoError:
                 time.sleep(0.3)
         assert found is not None and found["status"] == "COMPLETED"
+        hint_by = time.monotonic() + 30
+        while time.monotonic() < hint_by and not any("npx omniboard" in line for line in list(lines)):
+            time.sleep(0.1)
     finally:
         proc.terminate()  # SIGTERM: the board stops the server it started
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert "npx omniboard -m 127.0.0.1:" in out and f":{port}:maskcl" in out
     time.sleep(2)
     alive = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
